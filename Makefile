@@ -1,0 +1,55 @@
+# oyster-executor — the two commands a newcomer needs are `make demo` and `make test`.
+# Everything they need is installed here: Python packages into .venv, npm packages into node_modules.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP_PY  := $(VENV)/.setup-stamp
+STAMP_NPM := node_modules/.setup-stamp
+
+.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean
+
+setup: $(STAMP_PY) $(STAMP_NPM)
+
+$(STAMP_PY): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "python3 (3.11+) is required"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(STAMP_NPM): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node 20+) is required"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Runs the main job on an embedded default: local anvil, devnet contracts, the daemon, real jobs.
+demo: setup
+	$(PY) -m executor.devnet.demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy executor
+
+# Recompiles contracts/devnet/*.sol with the pinned npm solc and refreshes contracts/abi + artifacts.
+contracts: setup
+	node contracts/build.mjs
+
+# Creates the cgroup v2 slices (root). See cgroup_setup.sh --help.
+cgroups:
+	./cgroup_setup.sh
+
+cgroups-remove:
+	./cgroup_setup.sh --remove
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,67 @@
+"""``oyster-executor serve``: run the executor daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from executor.admin.sites import parse_tcp_addr, parse_vsock_addr
+from executor.config import DEFAULT_CONFIG_FILE, Settings
+from executor.daemon import DEFAULT_SHUTDOWN_GRACE_S, Daemon
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the executor daemon",
+        description="Run the executor: serve the admin API, follow the chain, execute jobs.",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--vsock-addr", metavar="CID:PORT", help="serve the admin API on vsock (production)"
+    )
+    where.add_argument(
+        "--tcp-addr",
+        metavar="HOST:PORT",
+        help="serve the admin API on TCP (development/tests: UNAUTHENTICATED)",
+    )
+    parser.add_argument(
+        "--config-file",
+        type=Path,
+        default=DEFAULT_CONFIG_FILE,
+        help=f"operator JSON config (default: {DEFAULT_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "--cgroup-parent",
+        type=Path,
+        default=None,
+        help="folder holding the workerd_N cgroup slices (default: the cgroup v2 mount root)",
+    )
+    parser.add_argument(
+        "--unconfined-dev",
+        action="store_true",
+        help="DEVELOPMENT ONLY: run user code without cgroup slices",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=DEFAULT_SHUTDOWN_GRACE_S,
+        metavar="SECONDS",
+        help=f"how long running jobs may finish on SIGTERM (default {DEFAULT_SHUTDOWN_GRACE_S:.0f})",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    listen = parse_vsock_addr(args.vsock_addr) if args.vsock_addr else parse_tcp_addr(args.tcp_addr)
+    settings = Settings.load(args.config_file)
+    daemon = Daemon(
+        settings,
+        listen,
+        cgroup_parent=args.cgroup_parent,
+        unconfined=args.unconfined_dev,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    asyncio.run(daemon.serve_until_signalled())
+    return 0

@@ -1,0 +1,166 @@
+"""The daemon: owns the event loop's lifetime, starts the parts in order, stops them in reverse.
+
+Order: settings -> enclave key -> cgroup slices + sandbox -> chain clients -> service -> admin site.
+The first SIGTERM/SIGINT stops taking jobs and lets running ones finish within a bound; a second
+one forces the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from executor.admin.app import build_admin_app
+from executor.admin.secret_store import SecretStoreClient
+from executor.admin.sites import ListenAddress, VsockSite
+from executor.chain.signer import EnclaveKey
+from executor.config import Settings
+from executor.errors import ConfigError
+from executor.sandbox.cgroups import SlicePool
+from executor.sandbox.runner import Sandbox
+from executor.service import ExecutorService
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        listen: ListenAddress,
+        *,
+        cgroup_parent: Path | None = None,
+        unconfined: bool = False,
+        shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+    ) -> None:
+        self.settings = settings
+        self.listen = listen
+        self._cgroup_parent = cgroup_parent
+        self._unconfined = unconfined
+        self._grace_s = shutdown_grace_s
+        self._stack = contextlib.AsyncExitStack()
+        self.service: ExecutorService | None = None
+        self.admin_url = ""
+        self.stop = asyncio.Event()
+        self.force_stop = asyncio.Event()
+
+    async def __aenter__(self) -> Daemon:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        s = self.settings
+        key = EnclaveKey.load(s.enclave_signer_file)
+        logger.info("enclave address %s", key.address)
+
+        if not s.workerd_binary.is_file():
+            raise ConfigError(
+                "workerd_runtime_path", f"no workerd binary at {s.workerd_binary}"
+            )
+        s.workerd_runtime_path.mkdir(parents=True, exist_ok=True)
+        if self._unconfined:
+            pool = None
+            job_capacity = 1
+            logger.warning(
+                "DEVELOPMENT MODE: user code runs WITHOUT cgroup confinement (--unconfined-dev)"
+            )
+        else:
+            pool = SlicePool.discover(self._cgroup_parent)
+            job_capacity = pool.capacity
+            logger.info("%d cgroup slices found: job capacity %d", pool.capacity, job_capacity)
+        sandbox = Sandbox(
+            workerd_bin=s.workerd_binary,
+            runtime_path=s.workerd_runtime_path,
+            secret_store_path=s.secret_store_path,
+            pool=pool,
+        )
+
+        w3 = AsyncWeb3(AsyncHTTPProvider(s.http_rpc_url))
+        self._stack.push_async_callback(w3.provider.disconnect)
+        store = SecretStoreClient(s.secret_store_config_port) if s.secret_store_config_port else None
+        if store is None:
+            logger.info("no secret_store_config_port: running without a secret store")
+
+        service = ExecutorService(
+            settings=s,
+            key=key,
+            w3=w3,
+            execute=sandbox.execute,
+            job_capacity=job_capacity,
+            secret_store=store,
+        )
+        self.service = service
+        self._stack.push_async_callback(service.close, self._grace_s, self.force_stop)
+
+        runner = web.AppRunner(build_admin_app(service), access_log=None, handle_signals=False)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site: web.BaseSite
+        if self.listen.kind == "vsock":
+            site = VsockSite(runner, self.listen.cid, self.listen.port)
+        else:
+            site = web.TCPSite(runner, self.listen.host, self.listen.port)
+            logger.warning(
+                "admin API on TCP %s is UNAUTHENTICATED: for development only", self.listen
+            )
+        await site.start()
+        self.admin_url = _site_url(runner, self.listen)
+        logger.info("admin API listening on %s", self.admin_url)
+
+    async def serve_until_signalled(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop. A second signal cancels running jobs at once."""
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                logger.info(
+                    "%s: stopping; running jobs get up to %.0fs (signal again to force)",
+                    signal.Signals(signum).name,
+                    self._grace_s,
+                )
+                self.stop.set()
+            else:
+                logger.warning("second signal: cancelling running jobs now")
+                self.force_stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            async with self:
+                await self.stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def _site_url(runner: web.AppRunner, listen: ListenAddress) -> str:
+    if listen.kind == "vsock":
+        return f"vsock://{listen.host}:{listen.port}/"
+    for sock in runner.addresses:
+        host, port = sock[:2]
+        return f"http://{host}:{port}/"
+    return f"http://{listen.host}:{listen.port}/"

@@ -1,0 +1,40 @@
+"""Locate the native binaries that the npm packages in node_modules ship.
+
+The ``node_modules/.bin`` wrappers are node scripts that do not forward signals (SIGKILL to the anvil
+wrapper leaves anvil running), so the project always spawns the native binaries directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from executor.errors import ExecutorError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_NATIVE = {
+    "anvil": "@foundry-rs/anvil-linux-amd64/bin/anvil",
+    "workerd": "@cloudflare/workerd-linux-64/bin/workerd",
+}
+
+
+def native_binary(name: str) -> Path:
+    """Path of the native ``anvil`` or ``workerd`` binary; ``OYSTER_<NAME>_BIN`` overrides it."""
+    override = os.environ.get(f"OYSTER_{name.upper()}_BIN")
+    candidates = [Path(override)] if override else []
+    candidates.append(REPO_ROOT / "node_modules" / _NATIVE[name])
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ExecutorError(
+        f"{name} binary not found (looked at {', '.join(map(str, candidates))}); run `make setup`"
+    )
+
+
+def workerd_binary() -> Path:
+    return native_binary("workerd")
+
+
+def anvil_binary() -> Path:
+    return native_binary("anvil")

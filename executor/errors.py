@@ -1,0 +1,57 @@
+"""The project's exception hierarchy: one root, stdlib types mixed in where the meaning matches.
+
+Job failures that the protocol names (error codes 1-5) are *values* (see ``executor.outcome``), not
+exceptions; these classes are for everything else.
+"""
+
+from __future__ import annotations
+
+
+class ExecutorError(Exception):
+    """Root of every error raised on purpose by oyster-executor."""
+
+
+class ConfigError(ExecutorError, ValueError):
+    """The operator config (or a command-line value) is invalid."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"config key '{key}': {reason}")
+
+
+class KeyFileError(ExecutorError, ValueError):
+    """A key file is missing, unreadable or malformed."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"key file {path}: {reason}")
+
+
+class SandboxError(ExecutorError):
+    """Running code failed for a reason the protocol has no error code for (no submission)."""
+
+
+class NoFreeSliceError(SandboxError):
+    """Every cgroup slice is busy or out of service."""
+
+
+class SliceSetupError(SandboxError):
+    """The cgroup slices are missing or unusable."""
+
+
+class ChainError(ExecutorError):
+    """Talking to the chain failed (RPC unreachable, transaction reverted, ...)."""
+
+
+class AdminError(ExecutorError):
+    """An admin API request was rejected; the message is safe to return to the caller."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class SecretStoreError(ExecutorError):
+    """The enclave's secret store could not be reached or answered badly."""
