@@ -27,7 +27,10 @@ $(STAMP_NPM): package.json package-lock.json
 demo: setup
 	$(PY) -m executor.devnet.demo
 
+# The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices).
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy executor
 	$(PY) -m pytest
 
 lint: setup

@@ -1,9 +1,9 @@
 """The operator's JSON config file (PROTOCOL §6) as one validated settings model.
 
-The keys and their meaning are those of the original executor's config file, so existing operator
-files work unchanged. Validation happens once, at start-up, and every error names the key and the
-reason. Building ``Settings`` does no I/O beyond reading the JSON file; keys and cgroups are loaded by
-the parts that own them.
+The keys and their meaning are those of the original executor's config file, so existing
+operator files work unchanged. Validation happens once, at start-up, and every error names the
+key and the reason. Building ``Settings`` does no I/O beyond reading the JSON file; keys and
+cgroups are loaded by the parts that own them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from executor.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_FILE = Path("./oyster_serverless_executor_config.json")
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+"""How long running jobs may finish after the first SIGTERM (``serve --shutdown-grace``)."""
 
 
 def _checksum_address(value: str) -> str:

@@ -21,15 +21,13 @@ from executor.admin.app import build_admin_app
 from executor.admin.secret_store import SecretStoreClient
 from executor.admin.sites import ListenAddress, VsockSite
 from executor.chain.signer import EnclaveKey
-from executor.config import Settings
+from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.runner import Sandbox
 from executor.service import ExecutorService
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SHUTDOWN_GRACE_S = 30.0
 
 
 class Daemon:
@@ -75,9 +73,7 @@ class Daemon:
         logger.info("enclave address %s", key.address)
 
         if not s.workerd_binary.is_file():
-            raise ConfigError(
-                "workerd_runtime_path", f"no workerd binary at {s.workerd_binary}"
-            )
+            raise ConfigError("workerd_runtime_path", f"no workerd binary at {s.workerd_binary}")
         s.workerd_runtime_path.mkdir(parents=True, exist_ok=True)
         if self._unconfined:
             pool = None
@@ -98,7 +94,9 @@ class Daemon:
 
         w3 = AsyncWeb3(AsyncHTTPProvider(s.http_rpc_url))
         self._stack.push_async_callback(w3.provider.disconnect)
-        store = SecretStoreClient(s.secret_store_config_port) if s.secret_store_config_port else None
+        store = (
+            SecretStoreClient(s.secret_store_config_port) if s.secret_store_config_port else None
+        )
         if store is None:
             logger.info("no secret_store_config_port: running without a secret store")
 

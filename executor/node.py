@@ -129,7 +129,11 @@ class ChainFollower:
         if event.env != EXECUTOR_ENV or self.status is not NodeStatus.ACTIVE:
             return
         if event.job_id in self._seen_jobs:
-            logger.warning("job %d: JobCreated seen again (tx %s); ignored", event.job_id, event.position.tx_hash)
+            logger.warning(
+                "job %d: JobCreated seen again (tx %s); ignored",
+                event.job_id,
+                event.position.tx_hash,
+            )
             return
         self._seen_jobs.add(event.job_id)
         self._watch.start(event.job_id, event.deadline_ms)

@@ -37,13 +37,13 @@ class TaskSet:
         if exc is not None:
             logger.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
 
-    async def wait(self, timeout: float | None, interrupt: asyncio.Event | None = None) -> bool:
-        """Wait until every task is done; False if some still run after ``timeout`` or once
+    async def wait(self, timeout_s: float | None, interrupt: asyncio.Event | None = None) -> bool:
+        """Wait until every task is done; False if some still run after ``timeout_s`` or once
         ``interrupt`` is set."""
         if not self._tasks:
             return True
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         interrupted = None
         if interrupt is not None:
             interrupted = asyncio.ensure_future(interrupt.wait())

@@ -141,9 +141,7 @@ async def _mutable_config(request: web.Request) -> web.Response:
     except ValueError as e:
         raise AdminError(f"executor gas key {e}") from e
     if backend.secret_store is not None:
-        await backend.secret_store.inject_mutable(
-            body["secret_store_gas_key"], body["ws_api_key"]
-        )
+        await backend.secret_store.inject_mutable(body["secret_store_gas_key"], body["ws_api_key"])
     backend.set_mutable_config(gas_account, body["ws_api_key"])
     logger.info("admin: mutable config set (executor gas address %s)", gas_account.address)
     return web.Response(text="Mutable params configured!\n")

@@ -40,7 +40,9 @@ class AdminClient:
     def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("vsock", "http") or not parts.netloc:
-            raise AdminClientError(f"--url must be vsock://CID:PORT/ or http://HOST:PORT/, got {url!r}")
+            raise AdminClientError(
+                f"--url must be vsock://CID:PORT/ or http://HOST:PORT/, got {url!r}"
+            )
         host, _, port = parts.netloc.rpartition(":")
         if not host or not port.isdigit():
             raise AdminClientError(f"--url needs a host/cid and a port, got {url!r}")
@@ -65,13 +67,16 @@ class AdminClient:
             raise
         return await asyncio.open_connection(sock=sock)
 
-    async def request(self, method: str, path: str, body: Any = None) -> AdminResponse:
-        payload = b"" if body is None else json.dumps(body).encode()
+    async def request(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
+    ) -> AdminResponse:
+        """One request; ``body`` is sent as JSON, ``raw`` as the exact request body bytes."""
+        payload = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Connection: close\r\nContent-Length: {len(payload)}\r\n"
         )
-        if body is not None:
+        if body is not None or raw is not None:
             head += "Content-Type: application/json\r\n"
         async with asyncio.timeout(self.timeout_s):
             reader, writer = await self._open()

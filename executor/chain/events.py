@@ -54,9 +54,7 @@ class ChainEvent:
 
 @dataclass(frozen=True)
 class JobCreated(ChainEvent):
-    SIGNATURE = (
-        "JobCreated(uint256,uint8,address,uint256,bytes32,bytes,uint256,address[])"
-    )
+    SIGNATURE = "JobCreated(uint256,uint8,address,uint256,bytes32,bytes,uint256,address[])"
     INDEXED = ("uint256", "uint8", "address")
     DATA = ("uint256", "bytes32", "bytes", "uint256", "address[]")
 

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -70,7 +70,7 @@ class LogStream:
         """Drop the current connection and reconnect (e.g. after the ws API key rotated)."""
         self._reconnect.set()
 
-    async def events(self) -> AsyncIterator[ChainEvent]:
+    async def events(self) -> AsyncGenerator[ChainEvent, None]:
         backoff = 0.25
         async with aiohttp.ClientSession() as session:
             while True:
@@ -93,7 +93,9 @@ class LogStream:
                         backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 except Web3Exception as e:
                     self.connected.clear()
-                    logger.warning("%s: backfill failed (%s); retrying in %.2fs", self._name, e, backoff)
+                    logger.warning(
+                        "%s: backfill failed (%s); retrying in %.2fs", self._name, e, backoff
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
@@ -123,9 +125,9 @@ class LogStream:
                     log = _notification_log(msg.data, sub_id)
                     if log is None:
                         continue
-                    event = self._accept(log)
-                    if event is not None:
-                        yield event
+                    accepted = self._accept(log)
+                    if accepted is not None:
+                        yield accepted
             finally:
                 reconnect_wait.cancel()
 
@@ -174,7 +176,11 @@ class LogStream:
 
     def _accept(self, log: dict[str, Any]) -> ChainEvent | None:
         if log.get("removed"):
-            logger.warning("%s: ignoring removed (reorged) log in tx %s", self._name, log.get("transactionHash"))
+            logger.warning(
+                "%s: ignoring removed (reorged) log in tx %s",
+                self._name,
+                log.get("transactionHash"),
+            )
             return None
         try:
             event = decode_log(log)

@@ -109,7 +109,9 @@ class TxSender:
             raise NoGasKeyError()
         call: dict[str, Any] = {"from": account.address, "to": to, "data": data}
         try:
-            gas = await self._w3.eth.estimate_gas(call)  # type: ignore[arg-type]
+            # Against the pending block: its timestamp is "now", which the contracts' time
+            # windows are checked against when the transaction is mined.
+            gas = await self._w3.eth.estimate_gas(call, "pending")  # type: ignore[arg-type]
         except ContractLogicError as e:
             raise TxRejected(label, _revert_reason(e)) from e
         except Web3RPCError as e:

@@ -45,9 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _url(details)
     details.set_defaults(handler=_get("/tee-details"))
 
-    message = commands.add_parser(
-        "register-message", help="print GET /signed-registration-message"
-    )
+    message = commands.add_parser("register-message", help="print GET /signed-registration-message")
     _url(message)
     message.set_defaults(handler=_get("/signed-registration-message"))
 

@@ -6,9 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from executor.admin.sites import parse_tcp_addr, parse_vsock_addr
-from executor.config import DEFAULT_CONFIG_FILE, Settings
-from executor.daemon import DEFAULT_SHUTDOWN_GRACE_S, Daemon
+from executor.config import DEFAULT_CONFIG_FILE, DEFAULT_SHUTDOWN_GRACE_S
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,12 +46,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_SHUTDOWN_GRACE_S,
         metavar="SECONDS",
-        help=f"how long running jobs may finish on SIGTERM (default {DEFAULT_SHUTDOWN_GRACE_S:.0f})",
+        help=f"seconds running jobs may finish on SIGTERM (default {DEFAULT_SHUTDOWN_GRACE_S:.0f})",
     )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: web3 and aiohttp take about a second to import, which other commands
+    # (keygen, run, admin) should not pay.
+    from executor.admin.sites import parse_tcp_addr, parse_vsock_addr
+    from executor.config import Settings
+    from executor.daemon import Daemon
+
     listen = parse_vsock_addr(args.vsock_addr) if args.vsock_addr else parse_tcp_addr(args.tcp_addr)
     settings = Settings.load(args.config_file)
     daemon = Daemon(

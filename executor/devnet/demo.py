@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -25,7 +24,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
@@ -198,7 +196,10 @@ async def run_demo(workdir: Path) -> int:
         w3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
         try:
             devnet = await deploy_devnet(
-                w3, DEV_ACCOUNTS[0], execution_buffer_time=EXECUTION_BUFFER_S, num_selected_executors=1
+                w3,
+                DEV_ACCOUNTS[0],
+                execution_buffer_time=EXECUTION_BUFFER_S,
+                num_selected_executors=1,
             )
             say(f"-- anvil at {anvil.http_url}; Jobs {devnet.jobs_address}")
             files = write_node_files(workdir / "node", anvil, devnet)

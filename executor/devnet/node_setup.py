@@ -35,6 +35,7 @@ def write_node_files(
     devnet: Devnet,
     *,
     secret_store_port: int | None = None,
+    ws_url: str | None = None,
 ) -> NodeFiles:
     """A fresh enclave key, runtime folder (holding workerd), secret store folder and config."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ def write_node_files(
         "secret_store_path": str(folder / "store"),
         "common_chain_id": anvil.chain_id,
         "http_rpc_url": anvil.http_url,
-        "web_socket_url": anvil.ws_url,
+        "web_socket_url": ws_url or anvil.ws_url,
         "tee_manager_contract_addr": devnet.tee_manager_address,
         "jobs_contract_addr": devnet.jobs_address,
         "code_contract_addr": devnet.user_code_address,

@@ -1,7 +1,7 @@
 """Locate the native binaries that the npm packages in node_modules ship.
 
-The ``node_modules/.bin`` wrappers are node scripts that do not forward signals (SIGKILL to the anvil
-wrapper leaves anvil running), so the project always spawns the native binaries directly.
+The ``node_modules/.bin`` wrappers are node scripts that do not forward signals (SIGKILL to the
+anvil wrapper leaves anvil running), so the project always spawns the native binaries directly.
 """
 
 from __future__ import annotations

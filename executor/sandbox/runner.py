@@ -1,0 +1,188 @@
+"""Run one job's code in workerd, confined to a cgroup slice; turn what happens into a JobOutcome.
+
+This implements the execution half of PROTOCOL §3 (error codes 0, 3, 4, 5). Anything the protocol
+has no code for raises ``SandboxError`` and the caller submits nothing.
+
+``total_time_ms`` is measured from the moment the sandbox takes the job (waiting for a free slice
+when all are busy, which is normally no wait at all; writing the job's two files, well under a
+millisecond; then spawning workerd) until the response body has been read. The deadline runs on the
+same clock, so it bounds the wait for a slice, workerd's start-up, the request and the response,
+and a job that hits it reports ``total_time_ms == deadline_ms``. Waiting for a slice rather than
+failing at once matters: a job that gets no submission at all costs the operator a slash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from executor.errors import SandboxError
+from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
+from executor.sandbox.cgroups import Slice, SlicePool
+from executor.sandbox.workerd import JobFiles, WorkerdProcess, post_body
+
+log = logging.getLogger(__name__)
+
+
+class Sandbox:
+    """Executes untrusted JavaScript: one workerd per job, one cgroup slice per workerd.
+
+    ``pool=None`` runs workerd UNCONFINED (no slice, no resource limits, an ephemeral port): for
+    local development only. ``execute`` may run concurrently (each job holds its own slice) and may
+    be cancelled at any point; either way the process is killed, the slice released and the files
+    removed before it returns.
+    """
+
+    def __init__(
+        self,
+        *,
+        workerd_bin: Path,
+        runtime_path: Path,
+        secret_store_path: Path,
+        pool: SlicePool | None,
+    ) -> None:
+        self._workerd_bin = workerd_bin
+        # Resolved once so that the secret's path relative to the config file is also its real path.
+        self._runtime_path = runtime_path.resolve()
+        self._secret_store_path = secret_store_path.resolve()
+        self._pool = pool
+        if not self._runtime_path.is_dir():
+            raise SandboxError(f"workerd runtime folder {runtime_path} does not exist")
+        if pool is None:
+            log.warning(
+                "sandbox is UNCONFINED: workerd runs outside any cgroup slice, "
+                "without memory/cpu limits"
+            )
+
+    @property
+    def pool(self) -> SlicePool | None:
+        return self._pool
+
+    def secret_path(self, secret_id: int) -> Path | None:
+        """The file a job with ``secret_id`` embeds (``None`` for 0); raises if it is missing."""
+        if secret_id == 0:
+            return None
+        if secret_id < 0:
+            raise SandboxError(f"invalid secret id {secret_id}")
+        path = self._secret_store_path / f"{secret_id}.bin"
+        if not path.is_file():
+            raise SandboxError(f"secret {secret_id} not found: {path} does not exist")
+        return path
+
+    async def execute(
+        self,
+        code: bytes,
+        inputs: bytes,
+        *,
+        deadline_ms: int,
+        secret_id: int = 0,
+        label: str = "",
+    ) -> JobOutcome:
+        """Run ``code`` once with ``inputs`` as the request body, within ``deadline_ms``."""
+        job = f"job {label}" if label else "job"
+        secret = self.secret_path(secret_id)
+        slice_: Slice | None = None
+        files: JobFiles | None = None
+        proc: WorkerdProcess | None = None
+        try:
+            started = time.monotonic()
+            timeout = asyncio.timeout(deadline_ms / 1000)
+            try:
+                async with timeout:
+                    if self._pool is not None:
+                        slice_ = await self._pool.acquire()
+                    files = self._write_files(job, code, slice_, secret)
+                    proc = await WorkerdProcess.spawn(
+                        self._workerd_bin,
+                        files.config,
+                        cgroup_procs=slice_.procs_file if slice_ is not None else None,
+                    )
+                    port = await proc.wait_listening()
+                    if port is None:
+                        await proc.wait()
+                        await asyncio.wait([proc.stderr.task])  # all of stderr, uncancelled
+                    else:
+                        body = await post_body(port, inputs, max_bytes=MAX_OUTPUT_BYTES)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                error_code, output, elapsed_ms = ErrorCode.DEADLINE_EXCEEDED, b"", deadline_ms
+            except aiohttp.ClientError as e:
+                raise SandboxError(f"{job}: request to workerd failed: {e!r}") from e
+            except OSError as e:  # after TimeoutError and ClientError, which are OSErrors too
+                raise SandboxError(f"{job}: cannot start workerd: {e}") from e
+            else:
+                elapsed_ms = min(deadline_ms, int((time.monotonic() - started) * 1000))
+                if port is None:
+                    assert proc is not None
+                    if b"SyntaxError" not in proc.stderr.data:
+                        raise SandboxError(
+                            f"{job}: workerd exited with status {proc.returncode} before "
+                            f"listening: {proc.stderr_tail()}"
+                        )
+                    error_code, output = ErrorCode.SYNTAX_ERROR, b""
+                elif len(body) > MAX_OUTPUT_BYTES:
+                    error_code, output = ErrorCode.OUTPUT_TOO_LARGE, b""
+                else:
+                    error_code, output = ErrorCode.OK, body
+        finally:
+            await _run_to_completion(self._clean_up(proc, slice_, files))
+        log.debug("%s: error code %d in %d ms", job, error_code, elapsed_ms)
+        return JobOutcome(
+            output=output,
+            error_code=error_code,
+            total_time_ms=elapsed_ms,
+            logs=proc.logs() if proc is not None else "",
+        )
+
+    def _write_files(
+        self, job: str, code: bytes, slice_: Slice | None, secret: Path | None
+    ) -> JobFiles:
+        try:
+            return JobFiles.write(
+                self._runtime_path,
+                code,
+                port=slice_.port if slice_ is not None else 0,
+                secret_path=secret,
+            )
+        except OSError as e:
+            raise SandboxError(f"{job}: cannot write its files: {e}") from e
+
+    async def _clean_up(
+        self, proc: WorkerdProcess | None, slice_: Slice | None, files: JobFiles | None
+    ) -> None:
+        if proc is not None:
+            proc.kill()
+        if files is not None:
+            files.remove()
+        try:
+            if slice_ is not None:
+                assert self._pool is not None
+                await self._pool.release(slice_)
+        finally:
+            if proc is not None:
+                await proc.close()
+
+
+async def _run_to_completion(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Await ``cleanup`` to its end even if this task is cancelled meanwhile, then re-raise.
+
+    Clean-up is bounded (kills are SIGKILL, waits have timeouts), so deferring a cancellation until
+    it is done cannot hang the caller; abandoning it halfway could leak a process or a slice.
+    """
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()

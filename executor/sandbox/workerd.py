@@ -1,0 +1,283 @@
+"""workerd for one job: config, spawn (into a slice), readiness, the request, output captures.
+
+Placement into a cgroup slice happens in the child before workerd is executed, through a tiny
+shell wrapper::
+
+    /bin/sh -c 'echo $$ > "$0" && exec "$@"' <slice>/cgroup.procs <workerd> serve <config> ...
+
+The shell moves itself into the slice and then *becomes* workerd (same pid), so workerd's first
+instruction, and every thread it ever starts, is already confined. If the write fails the shell
+exits with an error and workerd never runs (fail closed). The alternatives are worse: ``cgexec``
+is not installed everywhere; moving the pid from the parent after spawning leaves a window in
+which workerd runs unconfined; ``preexec_fn`` runs Python in the forked child, which is unsafe
+while other threads run (the asyncio child watcher, executors) and forces the slow fork path.
+The wrapper costs one exec of ``/bin/sh`` (about a millisecond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+CAPTURE_LIMIT = 64 * 1024
+"""Bytes of workerd's stdout and of its stderr kept (each); the rest is read and dropped."""
+
+COMPATIBILITY_DATE = "2023-03-07"
+FILE_PREFIX = "oyster-job-"
+"""Every per-execution file in the runtime folder starts with this."""
+
+_PLACE_AND_EXEC = 'echo $$ > "$0" && exec "$@"'
+_CHILD_ENV = {"PATH": "/usr/bin:/bin"}  # nothing of the daemon's environment reaches workerd
+
+
+def _capnp_string(value: str) -> str:
+    if any(ord(c) < 0x20 for c in value):
+        raise ValueError(f"control character in a config string: {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(*, code_file: str, port: int, secret_file: str | None = None) -> str:
+    """The Cap'n Proto text config of PROTOCOL §4.
+
+    ``code_file`` and ``secret_file`` are embedded, so they are paths relative to the config file's
+    folder. ``port`` 0 lets the kernel pick a free port (reported through the control fd).
+    """
+    bindings = ""
+    if secret_file is not None:
+        bindings = (
+            f'\n  bindings = [ (name = "secret", data = embed {_capnp_string(secret_file)}) ],'
+        )
+    return f"""using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [ (name = "main", worker = .mainWorker) ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+);
+
+const mainWorker :Workerd.Worker = (
+  modules = [ (name = "main", esModule = embed {_capnp_string(code_file)}) ],
+  compatibilityDate = "{COMPATIBILITY_DATE}",{bindings}
+);
+"""
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The code and config files of one execution, named uniquely inside the runtime folder."""
+
+    code: Path
+    config: Path
+
+    @classmethod
+    def write(
+        cls, runtime_dir: Path, code: bytes, *, port: int, secret_path: Path | None
+    ) -> JobFiles:
+        """Write both files; ``runtime_dir`` and ``secret_path`` must be resolved (no symlinks)."""
+        stem = FILE_PREFIX + secrets.token_hex(8)
+        files = cls(code=runtime_dir / f"{stem}.js", config=runtime_dir / f"{stem}.capnp")
+        secret_rel = None if secret_path is None else os.path.relpath(secret_path, runtime_dir)
+        config = render_config(code_file=files.code.name, port=port, secret_file=secret_rel)
+        try:
+            _write_new(files.code, code)
+            _write_new(files.config, config.encode())
+        except BaseException:
+            files.remove()
+            raise
+        return files
+
+    def remove(self) -> None:
+        for path in (self.code, self.config):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+class BoundedCapture:
+    """Drains one output pipe to EOF, keeping only its first ``limit`` bytes."""
+
+    def __init__(self, stream: asyncio.StreamReader, limit: int = CAPTURE_LIMIT) -> None:
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self.dropped = 0
+        self._limit = limit
+        self.task = asyncio.ensure_future(self._drain(stream))
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            room = self._limit - self._kept
+            if room > 0:
+                self._chunks.append(chunk[:room])
+                self._kept += min(room, len(chunk))
+            self.dropped += max(0, len(chunk) - max(room, 0))
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def text(self) -> str:
+        text = self.data.decode("utf-8", errors="replace")
+        if self.dropped:
+            text += f"\n[... {self.dropped} more bytes not kept]\n"
+        return text
+
+
+class WorkerdProcess:
+    """One running ``workerd serve``; its pid stays the same through the placement wrapper."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, control_fd: int) -> None:
+        self._proc = proc
+        self._control_fd = control_fd
+        self._killed = False
+        assert proc.stdout is not None and proc.stderr is not None
+        self.stdout = BoundedCapture(proc.stdout)
+        self.stderr = BoundedCapture(proc.stderr)
+
+    @classmethod
+    async def spawn(
+        cls, workerd_bin: Path, config: Path, *, cgroup_procs: Path | None
+    ) -> WorkerdProcess:
+        """Start workerd on ``config``; with ``cgroup_procs``, inside that slice from the start."""
+        read_fd, write_fd = os.pipe()
+        argv = [
+            str(workerd_bin),
+            "serve",
+            str(config),
+            "--verbose",
+            "--control-fd",
+            str(write_fd),
+        ]
+        if cgroup_procs is not None:
+            argv = ["/bin/sh", "-c", _PLACE_AND_EXEC, str(cgroup_procs), *argv]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=config.parent,
+                env=_CHILD_ENV,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        return cls(proc, read_fd)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait_listening(self) -> int | None:
+        """The port workerd listens on, once it does; ``None`` if it exited first."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        pipe = os.fdopen(self._control_fd, "rb", buffering=0)
+        self._control_fd = -1
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        try:
+            while line := await reader.readline():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    event = json.loads(line)
+                    if event["event"] == "listen" and event["socket"] == "http":
+                        return int(event["port"])
+            return None
+        finally:
+            transport.close()
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL workerd (it ignores SIGTERM while a request hangs); later calls do nothing.
+
+        ``os.kill`` rather than ``Process.kill``: the latter polls (and may reap) the child
+        itself, racing asyncio's child watcher, which then reports a bogus exit status.
+        """
+        if not self._killed and self._proc.returncode is None:
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
+
+    async def close(self, wait_s: float = 2.0) -> None:
+        """Kill, reap and finish reading the output pipes (bounded)."""
+        self.kill()
+        if self._control_fd >= 0:
+            os.close(self._control_fd)
+            self._control_fd = -1
+        tasks = [self.stdout.task, self.stderr.task]
+        _, pending = await asyncio.wait(
+            [asyncio.ensure_future(self._proc.wait()), *tasks], timeout=wait_s
+        )
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.error("workerd pid %d did not exit/close its pipes within %.1f s", self.pid, wait_s)
+
+    def logs(self) -> str:
+        """What the worker printed: stdout, then stderr (each bounded)."""
+        out, err = self.stdout.text(), self.stderr.text()
+        return out + err if not out or out.endswith("\n") else f"{out}\n{err}"
+
+    def stderr_tail(self, limit: int = 400) -> str:
+        """The end of stderr, printable ASCII only, for an error message."""
+        tail = self.stderr.data[-limit:].decode("ascii", errors="replace")
+        return re.sub(r"[^\x20-\x7e]+", " ", tail).strip()
+
+
+async def post_body(port: int, body: bytes, *, max_bytes: int) -> bytes:
+    """POST ``body`` to the worker; return its response body, truncated to ``max_bytes + 1`` bytes.
+
+    The status code is ignored (an uncaught exception is a 500 whose body is the output). Only
+    ``Host`` and ``Content-Length`` are sent, like a plain HTTP client: no content type, no
+    compression, so the worker sees the raw body and the output is the raw response body.
+    """
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+            skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent", "Accept"),
+        ) as session,
+        session.post(f"http://127.0.0.1:{port}/", data=body) as response,
+    ):
+        chunks = []
+        size = 0
+        while size <= max_bytes:
+            chunk = await response.content.read(max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)

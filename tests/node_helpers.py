@@ -1,0 +1,61 @@
+"""Helpers for tests that run the whole daemon in-process against a real anvil."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from executor.admin.sites import parse_tcp_addr
+from executor.daemon import Daemon
+from executor.devnet.node_setup import NodeFiles
+
+T = TypeVar("T")
+
+CODE_ECHO = """
+export default {
+  async fetch(request) {
+    const body = await request.text();
+    return new Response("echo:" + body);
+  }
+};
+"""
+
+
+@asynccontextmanager
+async def running_daemon(
+    files: NodeFiles, *, cgroup_parent: Path | None = None, grace_s: float = 5.0
+) -> AsyncIterator[Daemon]:
+    """The daemon on 127.0.0.1:<free port>; confined when ``cgroup_parent`` is given."""
+    daemon = Daemon(
+        files.settings,
+        parse_tcp_addr("127.0.0.1:0"),
+        cgroup_parent=cgroup_parent,
+        unconfined=cgroup_parent is None,
+        shutdown_grace_s=grace_s,
+    )
+    async with daemon:
+        yield daemon
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
+    *,
+    timeout: float,  # noqa: ASYNC109 - a polling helper, not a cancellable call
+    what: str,
+    interval: float = 0.2,
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` on timeout."""
+    give_up = time.monotonic() + timeout
+    while True:
+        value: Any = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value  # type: ignore[no-any-return]
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,83 @@
+"""A websocket JSON-RPC relay in front of anvil, for tests of what anvil alone cannot show.
+
+It accepts connections only on ``/<key>`` for the keys it is told (like a hosted RPC's API key in
+the URL path; anvil itself serves only ``/``), relays frames both ways, and can drop every live
+connection on demand (a websocket outage) or refuse new ones while "down".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import aiohttp
+from aiohttp import web
+
+
+class WsProxy:
+    def __init__(self, upstream: str, keys: set[str]) -> None:
+        self.upstream = upstream
+        self.keys = keys
+        self.down = False
+        self.connections = 0
+        self.paths: list[str] = []
+        self._live: set[web.WebSocketResponse] = set()
+        self.url = ""
+
+    async def drop_all(self) -> None:
+        for ws in list(self._live):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        self.paths.append(key)
+        if self.down or key not in self.keys:
+            return web.Response(status=401 if not self.down else 503)
+        client = web.WebSocketResponse()
+        await client.prepare(request)
+        self.connections += 1
+        self._live.add(client)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(self.upstream) as upstream,
+        ):
+
+            async def pump_up() -> None:
+                async for msg in client:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await upstream.send_str(msg.data)
+
+            async def pump_down() -> None:
+                async for msg in upstream:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await client.send_str(msg.data)
+
+            tasks = [asyncio.ensure_future(pump_up()), asyncio.ensure_future(pump_down())]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
+                self._live.discard(client)
+                await client.close()
+        return client
+
+
+@asynccontextmanager
+async def running_ws_proxy(upstream: str, keys: set[str]) -> AsyncIterator[WsProxy]:
+    proxy = WsProxy(upstream, keys)
+    app = web.Application()
+    app.router.add_get("/{key:.*}", proxy._handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy.url = f"ws://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        yield proxy
+    finally:
+        await proxy.drop_all()
+        await runner.cleanup()
