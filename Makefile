@@ -30,7 +30,7 @@ demo: setup
 # The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy executor
+	$(VENV)/bin/mypy executor benchmarks
 	$(PY) -m pytest
 
 lint: setup
@@ -38,7 +38,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy executor
+	$(VENV)/bin/mypy executor benchmarks
 
 # Recompiles contracts/devnet/*.sol with the pinned npm solc and refreshes contracts/abi + artifacts.
 contracts: setup

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from executor import redact
 from executor.errors import ExecutorError
 
 COMMAND_MODULES = (
@@ -42,14 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # web3 and websockets are chatty at DEBUG and may echo request bodies; keep them quiet.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    redact.install(handler)
+    logging.basicConfig(level=level, handlers=[handler])
+    # web3 logs RPC URLs (which may embed an API key) at INFO and request bodies at DEBUG.
     for noisy in ("web3", "websockets", "urllib3", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ExecutorError as e:
-        print(f"oyster-executor: error: {e}", file=sys.stderr)
+        print(f"oyster-executor: error: {redact.redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

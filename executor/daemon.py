@@ -17,12 +17,13 @@ from types import TracebackType
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from executor import redact
 from executor.admin.app import build_admin_app
 from executor.admin.secret_store import SecretStoreClient
 from executor.admin.sites import ListenAddress, VsockSite
 from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
-from executor.errors import ConfigError
+from executor.errors import ConfigError, ExecutorError
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.runner import Sandbox
 from executor.service import ExecutorService
@@ -69,6 +70,8 @@ class Daemon:
 
     async def _start(self) -> None:
         s = self.settings
+        redact.register_url_credentials(s.http_rpc_url)
+        redact.register_url_credentials(s.web_socket_url)
         key = EnclaveKey.load(s.enclave_signer_file)
         logger.info("enclave address %s", key.address)
 
@@ -84,7 +87,11 @@ class Daemon:
         else:
             pool = SlicePool.discover(self._cgroup_parent)
             job_capacity = pool.capacity
-            logger.info("%d cgroup slices found: job capacity %d", pool.capacity, job_capacity)
+            logger.info(
+                "%d cgroup slices in %s: job capacity %d", pool.capacity, pool.parent, job_capacity
+            )
+            limits = pool.limits()
+            (logger.info if limits.enforced else logger.warning)("%s", limits.describe())
         sandbox = Sandbox(
             workerd_bin=s.workerd_binary,
             runtime_path=s.workerd_runtime_path,
@@ -122,7 +129,12 @@ class Daemon:
             logger.warning(
                 "admin API on TCP %s is UNAUTHENTICATED: for development only", self.listen
             )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            raise ExecutorError(
+                f"cannot serve the admin API on {self.listen}: {e.strerror or e}"
+            ) from e
         self.admin_url = _site_url(runner, self.listen)
         logger.info("admin API listening on %s", self.admin_url)
 

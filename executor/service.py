@@ -14,6 +14,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
+from executor import redact
 from executor.admin.secret_store import SecretStoreClient
 from executor.chain.code import CodeFetcher
 from executor.chain.events import JOB_EVENTS, NODE_EVENTS, JobCreated
@@ -87,6 +88,8 @@ class ExecutorService:
         self.owner = owner
 
     def set_mutable_config(self, gas_account: LocalAccount, ws_api_key: str) -> None:
+        redact.register_secret(bytes(gas_account.key).hex())
+        redact.register_secret(ws_api_key)
         self.gas_account = gas_account
         self.sender.set_account(gas_account)
         key_changed = ws_api_key != self._ws_api_key

@@ -18,6 +18,7 @@ from aiohttp import web
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
+from executor import redact
 from executor.admin.secret_store import SecretStoreClient
 from executor.chain.signer import EnclaveKey
 from executor.chain.txs import account_from_key
@@ -133,6 +134,8 @@ async def _immutable_config(request: web.Request) -> web.Response:
 async def _mutable_config(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     body = await _json_object(request, "executor_gas_key", "secret_store_gas_key", "ws_api_key")
+    for secret in body.values():  # before anything can echo them (e.g. a store's error reply)
+        redact.register_secret(secret)
     if not _WS_API_KEY.fullmatch(body["ws_api_key"]):
         raise AdminError("API key contains invalid characters! (allowed: A-Z a-z 0-9 - _)")
     _hex_bytes(body["executor_gas_key"], "executor gas key", 32)
