@@ -76,7 +76,10 @@ class ChainFollower:
         try:
             async with aclosing(events) as stream:
                 async for event in stream:
-                    self.handle(event)
+                    try:
+                        self.handle(event)
+                    except Exception:  # a bug must not stop the node from following the chain
+                        logger.exception("failed to handle %s", event)
                     if self.status is NodeStatus.IDLE:
                         return
         finally:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from executor.admin.sites import parse_tcp_addr
 from executor.daemon import Daemon
 from executor.devnet.node_setup import NodeFiles
+from executor.node import NodeStatus
 
 T = TypeVar("T")
 
@@ -39,6 +40,15 @@ async def running_daemon(
     )
     async with daemon:
         yield daemon
+
+
+async def wait_registered(daemon: Daemon) -> None:
+    """Until the daemon has seen its own TeeNodeRegistered event."""
+    service = daemon.service
+    assert service is not None
+    await wait_until(
+        lambda: service.status is NodeStatus.ACTIVE, timeout=10, what="the registration to be seen"
+    )
 
 
 async def wait_until(

@@ -18,9 +18,8 @@ from executor.devnet.accounts import DEV_ACCOUNTS
 from executor.devnet.anvil import AnvilNode
 from executor.devnet.contracts import Devnet, JobResponse
 from executor.devnet.node_setup import NodeFiles, init_and_register, write_node_files
-from executor.node import NodeStatus
 from executor.outcome import ErrorCode
-from tests.node_helpers import CODE_ECHO, running_daemon, wait_until
+from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.sandbox_helpers import slice_parent
 
 OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
@@ -34,12 +33,7 @@ async def node(
     with slice_parent(count=3) as parent:
         async with running_daemon(files, cgroup_parent=parent) as daemon:
             await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
-            assert daemon.service is not None
-            await wait_until(
-                lambda: daemon.service.status is NodeStatus.ACTIVE,  # type: ignore[union-attr]
-                timeout=10,
-                what="the daemon to see its registration",
-            )
+            await wait_registered(daemon)
             yield daemon, files
 
 

@@ -16,9 +16,14 @@ from executor.daemon import Daemon
 from executor.devnet.accounts import DEV_ACCOUNTS
 from executor.devnet.anvil import AnvilNode
 from executor.devnet.contracts import Devnet
-from executor.devnet.node_setup import NodeFiles, init_and_register, write_node_files
+from executor.devnet.node_setup import (
+    NodeFiles,
+    init_and_register,
+    register_on_chain,
+    write_node_files,
+)
 from executor.node import NodeStatus
-from tests.node_helpers import CODE_ECHO, running_daemon, wait_until
+from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.ws_proxy import running_ws_proxy
 
 OWNER, GAS, USER, NEW_GAS = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3], DEV_ACCOUNTS[5]
@@ -41,9 +46,7 @@ def status(daemon: Daemon) -> NodeStatus:
 
 async def registered(daemon: Daemon, devnet: Devnet) -> None:
     await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
-    await wait_until(
-        lambda: status(daemon) is NodeStatus.ACTIVE, timeout=10, what="registration seen"
-    )
+    await wait_registered(daemon)
 
 
 async def answered(devnet: Devnet, job_id: int) -> bool:
@@ -77,20 +80,11 @@ async def test_jobs_are_ignored_until_registration_is_seen(
 
 
 async def registered_on_chain(daemon: Daemon, devnet: Devnet) -> None:
-    message = (
-        await AdminClient(daemon.admin_url).expect_ok("GET", "/signed-registration-message")
-    ).json()
-    details = (await AdminClient(daemon.admin_url).expect_ok("GET", "/tee-details")).json()
-    await devnet.register_node(
-        OWNER,
-        bytes.fromhex(details["enclave_public_key"][2:]),
-        message["job_capacity"],
-        message["storage_capacity"],
-        message["env"],
-        message["sign_timestamp"],
-        bytes.fromhex(message["signature"][2:]),
-    )
-    await wait_until(lambda: status(daemon) is NodeStatus.ACTIVE, timeout=10, what="registration")
+    client = AdminClient(daemon.admin_url)
+    message = (await client.expect_ok("GET", "/signed-registration-message")).json()
+    details = (await client.expect_ok("GET", "/tee-details")).json()
+    await register_on_chain(devnet, OWNER, details, message)
+    await wait_registered(daemon)
 
 
 async def test_drain_revive_deregister(node: tuple[Daemon, NodeFiles], devnet: Devnet) -> None:
@@ -169,9 +163,7 @@ async def test_gas_and_ws_key_rotation_take_effect_while_running(
             await init_and_register(
                 daemon.admin_url, devnet, owner=OWNER, gas=GAS, ws_api_key="first"
             )
-            await wait_until(
-                lambda: status(daemon) is NodeStatus.ACTIVE, timeout=10, what="registration"
-            )
+            await wait_registered(daemon)
             # The operator rotates both keys; the old ws key stops working at the provider.
             proxy.keys = {"second"}
             await AdminClient(daemon.admin_url).expect_ok(

@@ -8,6 +8,7 @@ connection on demand (a websocket outage) or refuse new ones while "down".
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -23,7 +24,23 @@ class WsProxy:
         self.connections = 0
         self.paths: list[str] = []
         self._live: set[web.WebSocketResponse] = set()
+        self._subscribe_ids: set[object] = set()
+        self.subscriptions: list[str] = []
         self.url = ""
+
+    async def inject(self, raw: str) -> None:
+        """Send ``raw`` to every live client as if the RPC had sent it."""
+        for ws in list(self._live):
+            await ws.send_str(raw)
+
+    async def inject_log(self, log: dict[str, object]) -> None:
+        """A log notification on the latest subscription, as an RPC would send it."""
+        message = {
+            "jsonrpc": "2.0",
+            "method": "eth_subscription",
+            "params": {"subscription": self.subscriptions[-1], "result": log},
+        }
+        await self.inject(json.dumps(message))
 
     async def drop_all(self) -> None:
         for ws in list(self._live):
@@ -46,11 +63,17 @@ class WsProxy:
             async def pump_up() -> None:
                 async for msg in client:
                     if msg.type == aiohttp.WSMsgType.TEXT:
+                        request = json.loads(msg.data)
+                        if request.get("method") == "eth_subscribe":
+                            self._subscribe_ids.add(request.get("id"))
                         await upstream.send_str(msg.data)
 
             async def pump_down() -> None:
                 async for msg in upstream:
                     if msg.type == aiohttp.WSMsgType.TEXT:
+                        reply = json.loads(msg.data)
+                        if reply.get("id") in self._subscribe_ids and "result" in reply:
+                            self.subscriptions.append(reply["result"])
                         await client.send_str(msg.data)
 
             tasks = [asyncio.ensure_future(pump_up()), asyncio.ensure_future(pump_down())]

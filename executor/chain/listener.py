@@ -19,7 +19,8 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -75,9 +76,10 @@ class LogStream:
         async with aiohttp.ClientSession() as session:
             while True:
                 try:
-                    async for event in self._connection(session):
-                        backoff = 0.25
-                        yield event
+                    async with aclosing(self._connection(session)) as connection:
+                        async for event in connection:
+                            backoff = 0.25
+                            yield event
                 except (_Reconnect, aiohttp.ClientError, OSError, TimeoutError) as e:
                     self.connected.clear()
                     self._reconnect.clear()
@@ -98,8 +100,16 @@ class LogStream:
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                except Exception:
+                    # Whatever the RPC sent, the stream must not die: jobs would go unanswered.
+                    self.connected.clear()
+                    logger.exception(
+                        "%s: unexpected error; reconnecting in %.2fs", self._name, backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
-    async def _connection(self, session: aiohttp.ClientSession) -> AsyncIterator[ChainEvent]:
+    async def _connection(self, session: aiohttp.ClientSession) -> AsyncGenerator[ChainEvent, None]:
         self._current_url = self._ws_url()
         async with session.ws_connect(
             self._current_url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024
@@ -212,10 +222,14 @@ def _notification_log(raw: str, sub_id: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         logger.warning("websocket: ignoring a message that is not JSON")
         return None
-    if msg.get("method") != "eth_subscription":
+    if not isinstance(msg, dict) or msg.get("method") != "eth_subscription":
         return None
-    params = msg.get("params") or {}
-    if params.get("subscription") != sub_id or not isinstance(params.get("result"), dict):
+    params = msg.get("params")
+    if not isinstance(params, dict) or params.get("subscription") != sub_id:
+        logger.warning("websocket: ignoring a malformed or foreign subscription message")
+        return None
+    if not isinstance(params.get("result"), dict):
+        logger.warning("websocket: ignoring a log notification that is not an object")
         return None
     result: dict[str, Any] = params["result"]
     try:

@@ -68,14 +68,20 @@ async def init_and_register(
     admin_url: str, devnet: Devnet, *, owner: DevAccount, gas: DevAccount, ws_api_key: str = ""
 ) -> dict[str, Any]:
     """``admin init`` the executor, then register it on chain with the signed message."""
-    client = AdminClient(admin_url)
-    result = await client.init(
+    result = await AdminClient(admin_url).init(
         owner_address=owner.address,
         executor_gas_key=gas.private_key,
         store_gas_key=gas.private_key,
         ws_api_key=ws_api_key,
     )
-    details, message = result["tee_details"], result["registration_message"]
+    await register_on_chain(devnet, owner, result["tee_details"], result["registration_message"])
+    return result
+
+
+async def register_on_chain(
+    devnet: Devnet, owner: DevAccount, details: dict[str, Any], message: dict[str, Any]
+) -> None:
+    """Send the executor's signed registration message to the TeeManager as ``owner``."""
     await devnet.register_node(
         owner,
         bytes.fromhex(details["enclave_public_key"][2:]),
@@ -85,4 +91,3 @@ async def init_and_register(
         message["sign_timestamp"],
         bytes.fromhex(message["signature"][2:]),
     )
-    return result
