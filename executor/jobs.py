@@ -117,7 +117,7 @@ class JobRunner:
             job.code_inputs,
             deadline_ms=job.deadline_ms,
             secret_id=job.secret_id,
-            label=label,
+            label=str(job.job_id),
         )
 
     async def submit(self, job_id: int, outcome: JobOutcome, *, timeout_s: float) -> SentTx | None:

@@ -17,10 +17,10 @@ from web3.exceptions import Web3Exception
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
 from executor.chain.code import CodeFetcher
-from executor.chain.events import JOB_EVENTS, NODE_EVENTS, JobCreated
+from executor.chain.events import JOB_EVENTS, NODE_EVENTS
 from executor.chain.listener import LogStream
 from executor.chain.signer import EnclaveKey
-from executor.chain.txs import SentTx, TxSender
+from executor.chain.txs import TxSender
 from executor.config import Settings
 from executor.errors import ChainError
 from executor.jobs import ExecuteFn, JobContext, JobRunner, TimeoutWatch
@@ -68,13 +68,12 @@ class ExecutorService:
             sender=self.sender,
             context=JobContext(settings.jobs_contract_addr, settings.execution_buffer_time),
         )
-        self.job_results: dict[int, SentTx | None] = {}
         self.follower = ChainFollower(
             enclave_address=key.address,
             owner=lambda: self.owner,
             tee_manager=settings.tee_manager_contract_addr,
             jobs_contract=settings.jobs_contract_addr,
-            run_job=self._run_job,
+            run_job=self.runner.run,
             watch=self.watch,
             tasks=self.executions,
         )
@@ -121,10 +120,6 @@ class ExecutorService:
     @property
     def status(self) -> NodeStatus:
         return self.follower.status
-
-    async def _run_job(self, job: JobCreated) -> None:
-        sent = await self.runner.run(job)
-        self.job_results[job.job_id] = sent
 
     # --- shutdown --------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -165,6 +166,22 @@ async def test_reserve_all_then_no_free_slice_then_release(pool: SlicePool) -> N
     assert pool.free_count == 3
     with pytest.raises(ValueError, match="not reserved"):
         await pool.release(taken[0])
+
+
+async def test_acquire_waits_for_a_release_and_fails_fast_without_slices(pool: SlicePool) -> None:
+    taken = [pool.reserve() for _ in range(3)]
+    waiter = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.2)
+    assert not waiter.done()  # every slice busy: it waits instead of failing
+    await pool.release(taken[1])
+    got = await asyncio.wait_for(waiter, 2)
+    assert got.index == taken[1].index
+    for s in (taken[0], taken[2], got):
+        await pool.release(s)
+    for s in pool.slices:  # nothing in service: no point in waiting
+        pool._take_out_of_service(s, "test")
+    with pytest.raises(NoFreeSliceError):
+        await asyncio.wait_for(pool.acquire(), 2)
 
 
 async def test_release_kills_everything_in_the_slice(pool: SlicePool) -> None:
