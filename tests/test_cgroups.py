@@ -108,7 +108,7 @@ def test_setup_script_rejects_bad_usage_and_non_root() -> None:
     assert bad.returncode == 2 and "plain relative path" in bad.stderr
 
     if os.geteuid() != 0:
-        pytest.skip("the rest runs the script as root and as nobody")
+        pytest.skip("needs root (not root here): the rest runs the script as root and as nobody")
     no_cgroup2 = subprocess.run(
         [SETUP_SCRIPT],
         capture_output=True,
