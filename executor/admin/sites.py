@@ -61,10 +61,6 @@ def parse_tcp_addr(value: str) -> ListenAddress:
     return ListenAddress("tcp", host.strip("[]"), port_number)
 
 
-def vsock_available() -> bool:
-    return hasattr(socket, "AF_VSOCK")
-
-
 def bind_vsock(cid: int, port: int) -> socket.socket:
     """A listening AF_VSOCK socket (raises OSError when the kernel has no vsock support)."""
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)

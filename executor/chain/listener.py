@@ -60,12 +60,6 @@ class LogStream:
         self._ids = itertools.count(1)
         self._reconnect = asyncio.Event()
         self._current_url = ""
-        self.connected = asyncio.Event()
-
-    @property
-    def cursor(self) -> int:
-        """The lowest block whose logs may not have been yielded yet."""
-        return self._cursor
 
     def reconnect(self) -> None:
         """Drop the current connection and reconnect (e.g. after the ws API key rotated)."""
@@ -80,34 +74,28 @@ class LogStream:
                         async for event in connection:
                             backoff = 0.25
                             yield event
-                except (_Reconnect, aiohttp.ClientError, OSError, TimeoutError) as e:
-                    self.connected.clear()
+                except _Reconnect:
                     self._reconnect.clear()
-                    if not isinstance(e, _Reconnect):
-                        logger.warning(
-                            "%s: websocket lost (%s); reconnecting in %.2fs from block %d",
-                            self._name,
-                            _describe(e, self._current_url),
-                            backoff,
-                            self._cursor,
-                        )
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                    continue
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    logger.warning(
+                        "%s: websocket lost (%s); reconnecting in %.2fs from block %d",
+                        self._name,
+                        _describe(e, self._current_url),
+                        backoff,
+                        self._cursor,
+                    )
                 except Web3Exception as e:
-                    self.connected.clear()
                     logger.warning(
                         "%s: backfill failed (%s); retrying in %.2fs", self._name, e, backoff
                     )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 except Exception:
                     # Whatever the RPC sent, the stream must not die: jobs would go unanswered.
-                    self.connected.clear()
                     logger.exception(
                         "%s: unexpected error; reconnecting in %.2fs", self._name, backoff
                     )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     async def _connection(self, session: aiohttp.ClientSession) -> AsyncGenerator[ChainEvent, None]:
         self._current_url = self._ws_url()
@@ -115,7 +103,6 @@ class LogStream:
             self._current_url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024
         ) as ws:
             sub_id = await self._subscribe(ws)
-            self.connected.set()
             logger.info("%s: subscribed (from block %d)", self._name, self._cursor)
             for event in await self._backfill():
                 yield event
