@@ -14,6 +14,7 @@ from executor.devnet.accounts import DEV_ACCOUNTS
 from executor.devnet.anvil import AnvilNode
 from executor.devnet.contracts import Devnet
 from executor.devnet.node_setup import NodeFiles, write_node_files
+from executor.devnet.tools import free_port
 from tests.fake_secret_store import FakeSecretStore, running_secret_store
 from tests.node_helpers import running_daemon
 
@@ -211,17 +212,8 @@ async def test_secret_store_errors_are_reported(
         assert "secret store /store-details failed" in response.text
 
 
-async def test_admin_client_errors_are_clear(daemon_free_port: int) -> None:
+async def test_admin_client_errors_are_clear() -> None:
     with pytest.raises(AdminClientError, match="vsock://CID:PORT/ or http://HOST:PORT/"):
         AdminClient("ftp://x:1/")
     with pytest.raises(AdminClientError, match="did not answer"):
-        await AdminClient(f"http://127.0.0.1:{daemon_free_port}/").wait_until_up(1.0)
-
-
-@pytest.fixture
-def daemon_free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        await AdminClient(f"http://127.0.0.1:{free_port()}/").wait_until_up(1.0)

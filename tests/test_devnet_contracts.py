@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_keys import keys
 from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
@@ -34,41 +33,10 @@ from executor.devnet.contracts import (
     load_artifact,
 )
 from executor.devnet.tools import REPO_ROOT
+from tests.eip712_reference import REGISTER_FIELDS, SUBMIT_OUTPUT_FIELDS, typed_data
 
 OWNER, OTHER_OWNER, JOB_OWNER, GAS = DEV_ACCOUNTS[1:5]  # [0] deploys the contracts
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-
-REGISTER_FIELDS = [
-    {"name": "owner", "type": "address"},
-    {"name": "jobCapacity", "type": "uint256"},
-    {"name": "storageCapacity", "type": "uint256"},
-    {"name": "env", "type": "uint8"},
-    {"name": "signTimestamp", "type": "uint256"},
-]
-SUBMIT_OUTPUT_FIELDS = [
-    {"name": "jobId", "type": "uint256"},
-    {"name": "output", "type": "bytes"},
-    {"name": "totalTime", "type": "uint256"},
-    {"name": "errorCode", "type": "uint8"},
-    {"name": "signTimestamp", "type": "uint256"},
-]
-
-
-def typed_data(domain_name: str, primary: str, fields: list[Any], message: dict[str, Any]) -> Any:
-    return encode_typed_data(
-        full_message={
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                ],
-                primary: fields,
-            },
-            "primaryType": primary,
-            "domain": {"name": domain_name, "version": "1"},
-            "message": message,
-        }
-    )
 
 
 @dataclass(frozen=True)

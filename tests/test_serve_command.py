@@ -19,6 +19,7 @@ from executor.devnet.accounts import DEV_ACCOUNTS
 from executor.devnet.anvil import AnvilNode
 from executor.devnet.contracts import Devnet
 from executor.devnet.node_setup import NodeFiles, init_and_register, write_node_files
+from executor.devnet.tools import free_port
 from tests.node_helpers import wait_until
 
 HANG_UNTIL_DEADLINE = (
@@ -28,12 +29,6 @@ HANG_UNTIL_DEADLINE = (
 
 def serve_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "executor", "serve", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run(*args: str) -> tuple[int, str]:

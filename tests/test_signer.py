@@ -7,11 +7,9 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 
 from executor.chain.signer import (
     EnclaveKey,
@@ -21,33 +19,12 @@ from executor.chain.signer import (
     submit_output_digest,
 )
 from executor.errors import KeyFileError
+from tests.eip712_reference import REGISTER_FIELDS, SUBMIT_OUTPUT_FIELDS, digest, typed_data
 
 # Anvil's first dev key: a well-known test vector, never a real secret.
 SECRET = bytes.fromhex("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
 ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 OWNER = "0x70997970C51812Dc3A010c7D01B50E20D17Dc79C"
-
-DOMAIN_TYPES = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}]
-
-
-def typed(domain: str, primary: str, fields: list[tuple[str, str]], message: dict[str, Any]) -> Any:
-    return encode_typed_data(
-        full_message={
-            "types": {
-                "EIP712Domain": DOMAIN_TYPES,
-                primary: [{"name": n, "type": t} for n, t in fields],
-            },
-            "primaryType": primary,
-            "domain": {"name": domain, "version": "1"},
-            "message": message,
-        }
-    )
-
-
-def eip712_hash(signable: Any) -> bytes:
-    from eth_utils import keccak
-
-    return keccak(b"\x19" + signable.version + signable.header + signable.body)
 
 
 def test_key_derives_the_known_address_and_public_key() -> None:
@@ -73,17 +50,11 @@ def test_submit_output_digest_matches_eth_account(job_id: int, output: bytes) ->
         "errorCode": 5,
         "signTimestamp": 1_700_000_000,
     }
-    expected = eip712_hash(
-        typed(
+    expected = digest(
+        typed_data(
             "marlin.oyster.Jobs",
             "SubmitOutput",
-            [
-                ("jobId", "uint256"),
-                ("output", "bytes"),
-                ("totalTime", "uint256"),
-                ("errorCode", "uint8"),
-                ("signTimestamp", "uint256"),
-            ],
+            SUBMIT_OUTPUT_FIELDS,
             message,
         )
     )
@@ -98,17 +69,11 @@ def test_register_digest_matches_eth_account() -> None:
         "env": 1,
         "signTimestamp": 1_700_000_123,
     }
-    expected = eip712_hash(
-        typed(
+    expected = digest(
+        typed_data(
             "marlin.oyster.TeeManager",
             "Register",
-            [
-                ("owner", "address"),
-                ("jobCapacity", "uint256"),
-                ("storageCapacity", "uint256"),
-                ("env", "uint8"),
-                ("signTimestamp", "uint256"),
-            ],
+            REGISTER_FIELDS,
             message,
         )
     )
@@ -117,8 +82,8 @@ def test_register_digest_matches_eth_account() -> None:
 
 def test_known_vector_digest() -> None:
     # Pinned so an accidental change of encoding shows up even if eth-account changed too.
-    digest = submit_output_digest(1, b"hello", 10, 0, 1_700_000_000)
-    assert digest.hex() == KNOWN_SUBMIT_DIGEST
+    value = submit_output_digest(1, b"hello", 10, 0, 1_700_000_000)
+    assert value.hex() == KNOWN_SUBMIT_DIGEST
 
 
 # Computed once with eth-account 0.14's encode_typed_data for the same message.

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from typing import IO
 import aiohttp
 
 from executor.devnet.accounts import DEV_ACCOUNTS, DevAccount
-from executor.devnet.tools import anvil_binary
+from executor.devnet.tools import anvil_binary, free_port
 from executor.errors import ExecutorError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ async def start_anvil(
     """
     binary = anvil_binary()
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-        chosen_port = port if port is not None else _free_port()
+        chosen_port = port if port is not None else free_port()
         args = ["--host", "127.0.0.1", "--port", str(chosen_port), "--chain-id", str(chain_id)]
         args.append("--silent")
         if block_time is not None:
@@ -170,12 +169,6 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
                     process.kill()
                 await process.wait()
     logger.info("anvil pid %s stopped (status %s)", process.pid, process.returncode)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _format_seconds(seconds: float) -> str:

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from executor.devnet.accounts import DEV_ACCOUNTS
 from executor.devnet.anvil import start_anvil
 from executor.devnet.contracts import Devnet, JobResponse, deploy_devnet
 from executor.devnet.node_setup import init_and_register, write_node_files
-from executor.devnet.tools import REPO_ROOT
+from executor.devnet.tools import REPO_ROOT, free_port
 from executor.outcome import ErrorCode
 
 logger = logging.getLogger("demo")
@@ -109,17 +108,11 @@ def _cgroup2_mount() -> Path:
     return find_cgroup2_mount()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def daemon_process(
     config_file: Path, cgroup_parent: Path | None, log_file: Path
 ) -> AsyncIterator[str]:
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -7,6 +7,7 @@ anvil wrapper leaves anvil running), so the project always spawns the native bin
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from executor.errors import ExecutorError
@@ -38,3 +39,10 @@ def workerd_binary() -> Path:
 
 def anvil_binary() -> Path:
     return native_binary("anvil")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (a race with other binders remains)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
