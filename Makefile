@@ -11,11 +11,12 @@ STAMP_NPM := node_modules/.setup-stamp
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
-$(STAMP_PY): pyproject.toml
+$(STAMP_PY): pyproject.toml devnet/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "python3 (3.11+) is required"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e ./devnet
 	@touch $@
 
 $(STAMP_NPM): package.json package-lock.json
@@ -25,12 +26,12 @@ $(STAMP_NPM): package.json package-lock.json
 
 # Runs the main job on an embedded default: local anvil, devnet contracts, the daemon, real jobs.
 demo: setup
-	$(PY) -m executor.devnet.demo
+	$(PY) -m oyster_devnet.demo
 
 # The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy executor benchmarks
+	$(VENV)/bin/mypy executor devnet/oyster_devnet benchmarks
 	$(PY) -m pytest
 
 lint: setup
@@ -38,7 +39,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy executor benchmarks
+	$(VENV)/bin/mypy executor devnet/oyster_devnet benchmarks
 
 # Recompiles contracts/devnet/*.sol with the pinned npm solc and refreshes contracts/abi + artifacts.
 contracts: setup

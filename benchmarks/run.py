@@ -30,10 +30,10 @@ from pathlib import Path
 
 import aiohttp
 
-from executor.devnet.tools import REPO_ROOT, workerd_binary
 from executor.sandbox.cgroups import SlicePool, find_cgroup2_mount
 from executor.sandbox.runner import Sandbox
 from executor.sandbox.workerd import render_config
+from oyster_devnet.tools import REPO_ROOT, workerd_binary
 
 CODE = b"""export default { async fetch(request) {
   const { n } = await request.json();

@@ -18,6 +18,7 @@ from eth_utils import is_hex_address, to_checksum_address
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -49,9 +50,20 @@ def _url_with_scheme(*schemes: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _one_or_many(value: Any) -> Any:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value:
+        return tuple(value)
+    raise ValueError("must be a URL string or a non-empty JSON list of URL strings")
+
+
 Address = Annotated[str, AfterValidator(_checksum_address)]
 HttpUrl = Annotated[str, _url_with_scheme("http", "https")]
 WsUrl = Annotated[str, _url_with_scheme("ws", "wss")]
+HttpUrls = Annotated[tuple[HttpUrl, ...], BeforeValidator(_one_or_many)]
+"""One URL (the original executor's form) or a list of them, tried in order (failover)."""
+WsUrls = Annotated[tuple[WsUrl, ...], BeforeValidator(_one_or_many)]
 
 
 class Settings(BaseModel):
@@ -63,8 +75,8 @@ class Settings(BaseModel):
     workerd_runtime_path: Path
     secret_store_path: Path
     common_chain_id: int = Field(gt=0)
-    http_rpc_url: HttpUrl
-    web_socket_url: WsUrl
+    http_rpc_url: HttpUrls
+    web_socket_url: WsUrls
     tee_manager_contract_addr: Address
     jobs_contract_addr: Address
     code_contract_addr: Address
@@ -72,11 +84,17 @@ class Settings(BaseModel):
     execution_buffer_time: int = Field(ge=0)
     num_selected_executors: int = Field(gt=0)
 
+    # Optional keys added by this project (absent from the original executor's files).
+    warm_workers: int | None = Field(default=None, ge=0)
+    """How many free slices keep a warmed workerd ready for the next job: None = every slice,
+    0 = none (every job spawns workerd cold)."""
+
     @field_validator(
         "common_chain_id",
         "execution_buffer_time",
         "num_selected_executors",
         "secret_store_config_port",
+        "warm_workers",
         mode="before",
     )
     @classmethod
@@ -90,16 +108,23 @@ class Settings(BaseModel):
     def workerd_binary(self) -> Path:
         return self.workerd_runtime_path / "workerd"
 
-    def ws_url_with_key(self, api_key: str) -> str:
-        """The websocket URL with the API key put after its last ``/`` (PROTOCOL §6).
+    @property
+    def http_rpc_urls(self) -> tuple[str, ...]:
+        """The HTTP JSON-RPC endpoints, in the order they are tried."""
+        return self.http_rpc_url
 
-        ``wss://host/v2/`` + ``KEY`` gives ``wss://host/v2/KEY``; a URL without a path gets one.
-        """
-        if not api_key:
-            return self.web_socket_url
-        scheme, _, rest = self.web_socket_url.partition("://")
-        head = rest.rpartition("/")[0] if "/" in rest else rest
-        return f"{scheme}://{head}/{api_key}"
+    @property
+    def web_socket_urls(self) -> tuple[str, ...]:
+        """The websocket JSON-RPC endpoints (without the API key), in the order they are tried."""
+        return self.web_socket_url
+
+    def ws_urls_with_key(self, api_key: str) -> tuple[str, ...]:
+        """Every websocket endpoint with the API key put after its last ``/``."""
+        return tuple(ws_url_with_key(url, api_key) for url in self.web_socket_urls)
+
+    def ws_url_with_key(self, api_key: str) -> str:
+        """The first websocket endpoint with the API key (what ``/tee-details`` reports)."""
+        return ws_url_with_key(self.web_socket_urls[0], api_key)
 
     @classmethod
     def from_mapping(cls, data: Any) -> Settings:
@@ -111,7 +136,7 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise _first_error(e) from e
+            raise _first_error(e, data) from e
 
     @classmethod
     def load(cls, path: Path) -> Settings:
@@ -128,11 +153,26 @@ class Settings(BaseModel):
         return cls.from_mapping(data)
 
 
-def _first_error(e: ValidationError) -> ConfigError:
+def ws_url_with_key(url: str, api_key: str) -> str:
+    """The websocket URL with the API key put after its last ``/`` (PROTOCOL §6).
+
+    ``wss://host/v2/`` + ``KEY`` gives ``wss://host/v2/KEY``; a URL without a path gets one.
+    """
+    if not api_key:
+        return url
+    scheme, _, rest = url.partition("://")
+    head = rest.rpartition("/")[0] if "/" in rest else rest
+    return f"{scheme}://{head}/{api_key}"
+
+
+def _first_error(e: ValidationError, data: dict[str, Any]) -> ConfigError:
     err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(root)"
+    loc = err["loc"]
+    key = str(loc[0]) if loc else "(root)"
     if err["type"] == "missing":
         return ConfigError(key, "is required but missing")
     message = err["msg"].removeprefix("Value error, ")
+    if len(loc) > 1 and isinstance(loc[1], int) and isinstance(data.get(key), list):
+        message = f"entry {loc[1]}: {message}"
     extra = f" ({len(e.errors()) - 1} more error(s))" if len(e.errors()) > 1 else ""
     return ConfigError(key, message + extra)

@@ -70,8 +70,8 @@ class Daemon:
 
     async def _start(self) -> None:
         s = self.settings
-        redact.register_url_credentials(s.http_rpc_url)
-        redact.register_url_credentials(s.web_socket_url)
+        for url in (*s.http_rpc_urls, *s.web_socket_urls):
+            redact.register_url_credentials(url)
         key = EnclaveKey.load(s.enclave_signer_file)
         logger.info("enclave address %s", key.address)
 
@@ -99,7 +99,7 @@ class Daemon:
             pool=pool,
         )
 
-        w3 = AsyncWeb3(AsyncHTTPProvider(s.http_rpc_url))
+        w3 = AsyncWeb3(AsyncHTTPProvider(s.http_rpc_urls[0]))
         self._stack.push_async_callback(w3.provider.disconnect)
         store = (
             SecretStoreClient(s.secret_store_config_port) if s.secret_store_config_port else None

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.anvil import AnvilNode, start_anvil
-from executor.devnet.contracts import Devnet, deploy_devnet
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import AnvilNode, start_anvil
+from oyster_devnet.contracts import Devnet, deploy_devnet
 
 DEVNET_EXECUTION_BUFFER_TIME = 2
 """Seconds: short, so that timeout paths settle quickly in real time."""

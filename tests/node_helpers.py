@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from executor.admin.sites import parse_tcp_addr
 from executor.daemon import Daemon
-from executor.devnet.node_setup import NodeFiles
 from executor.node import NodeStatus
+from oyster_devnet.node_setup import NodeFiles
 
 T = TypeVar("T")
 

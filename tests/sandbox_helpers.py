@@ -95,7 +95,7 @@ def slice_parent(count: int = 3) -> Iterator[Path]:
 
 
 def workerd_bin_or_skip() -> Path:
-    from executor.devnet.tools import workerd_binary
+    from oyster_devnet.tools import workerd_binary
 
     try:
         return workerd_binary()

@@ -10,11 +10,11 @@ from eth_account import Account
 
 from executor.admin.client import AdminClient, AdminClientError
 from executor.chain.signer import recover_signer, register_digest
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.anvil import AnvilNode
-from executor.devnet.contracts import Devnet
-from executor.devnet.node_setup import NodeFiles, write_node_files
-from executor.devnet.tools import free_port
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet
+from oyster_devnet.node_setup import NodeFiles, write_node_files
+from oyster_devnet.tools import free_port
 from tests.fake_secret_store import FakeSecretStore, running_secret_store
 from tests.node_helpers import running_daemon
 
@@ -63,7 +63,7 @@ async def test_tee_details_before_configuration(client: AdminClient, files: Node
         "owner_address": ZERO,
         "executor_gas_address": ZERO,
         "secret_store_gas_address": ZERO,
-        "ws_rpc_url": files.settings.web_socket_url,
+        "ws_rpc_url": files.settings.web_socket_urls[0],
     }
     assert len(details["enclave_public_key"]) == 2 + 128
 

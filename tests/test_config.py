@@ -114,3 +114,32 @@ def test_file_errors_are_clear(tmp_path: Path) -> None:
 )
 def test_ws_api_key_goes_after_the_last_slash(url: str, key: str, expected: str) -> None:
     assert Settings.from_mapping(with_(web_socket_url=url)).ws_url_with_key(key) == expected
+
+
+def test_rpc_urls_may_be_one_or_a_list() -> None:
+    one = Settings.from_mapping(VALID)
+    assert one.http_rpc_urls == ("https://arb-sepolia.example/v2/",)
+    many = Settings.from_mapping(
+        with_(
+            http_rpc_url=["http://a:1/", "https://b/v2/"],
+            web_socket_url=["ws://a:1/", "wss://b/v2/"],
+        )
+    )
+    assert many.http_rpc_urls == ("http://a:1/", "https://b/v2/")
+    assert many.ws_urls_with_key("K") == ("ws://a:1/K", "wss://b/v2/K")
+    assert many.ws_url_with_key("K") == "ws://a:1/K"
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ([], "non-empty JSON list"),
+        (5, "non-empty JSON list"),
+        (["http://a/", "ftp://b/"], "entry 1: must be a http or https URL"),
+    ],
+)
+def test_bad_rpc_url_lists_name_the_key_and_entry(value: Any, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Settings.from_mapping(with_(http_rpc_url=value))
+    assert e.value.key == "http_rpc_url"
+    assert fragment in str(e.value)

@@ -22,9 +22,9 @@ from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from executor.devnet.accounts import DEV_ACCOUNTS, DevAccount
-from executor.devnet.anvil import AnvilError, AnvilNode, start_anvil
-from executor.devnet.contracts import (
+from oyster_devnet.accounts import DEV_ACCOUNTS, DevAccount
+from oyster_devnet.anvil import AnvilError, AnvilNode, start_anvil
+from oyster_devnet.contracts import (
     Devnet,
     JobInfo,
     JobResponse,
@@ -32,7 +32,7 @@ from executor.devnet.contracts import (
     TransactionReverted,
     load_artifact,
 )
-from executor.devnet.tools import REPO_ROOT
+from oyster_devnet.tools import REPO_ROOT
 from tests.eip712_reference import REGISTER_FIELDS, SUBMIT_OUTPUT_FIELDS, typed_data
 
 OWNER, OTHER_OWNER, JOB_OWNER, GAS = DEV_ACCOUNTS[1:5]  # [0] deploys the contracts

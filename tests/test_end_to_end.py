@@ -14,11 +14,11 @@ import pytest
 from eth_account import Account
 
 from executor.daemon import Daemon
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.anvil import AnvilNode
-from executor.devnet.contracts import Devnet, JobResponse
-from executor.devnet.node_setup import NodeFiles, init_and_register, write_node_files
 from executor.outcome import ErrorCode
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet, JobResponse
+from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.sandbox_helpers import slice_parent
 

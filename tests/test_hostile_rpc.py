@@ -11,11 +11,11 @@ import pytest
 from eth_abi import encode
 
 from executor.chain.events import JobCreated
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.anvil import AnvilNode
-from executor.devnet.contracts import Devnet
-from executor.devnet.node_setup import init_and_register, write_node_files
 from executor.node import NodeStatus
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet
+from oyster_devnet.node_setup import init_and_register, write_node_files
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.ws_proxy import running_ws_proxy
 

@@ -13,16 +13,16 @@ from eth_account import Account
 
 from executor.admin.client import AdminClient
 from executor.daemon import Daemon
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.anvil import AnvilNode
-from executor.devnet.contracts import Devnet
-from executor.devnet.node_setup import (
+from executor.node import NodeStatus
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet
+from oyster_devnet.node_setup import (
     NodeFiles,
     init_and_register,
     register_on_chain,
     write_node_files,
 )
-from executor.node import NodeStatus
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.ws_proxy import running_ws_proxy
 

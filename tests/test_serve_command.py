@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from executor.admin.client import AdminClient
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.anvil import AnvilNode
-from executor.devnet.contracts import Devnet
-from executor.devnet.node_setup import NodeFiles, init_and_register, write_node_files
-from executor.devnet.tools import free_port
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet
+from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
+from oyster_devnet.tools import free_port
 from tests.node_helpers import wait_until
 
 HANG_UNTIL_DEADLINE = (

@@ -4,8 +4,8 @@ signatures the contracts' ecrecover accepts."""
 from __future__ import annotations
 
 from executor.chain.signer import JOBS_DOMAIN, TEE_MANAGER_DOMAIN, EnclaveKey, domain_separator
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.contracts import Devnet
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.contracts import Devnet
 
 OWNER, GAS = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2]
 

@@ -18,10 +18,10 @@ from aiohttp import web
 
 from executor.admin.client import AdminClient, AdminClientError
 from executor.admin.sites import VMADDR_CID_ANY, VsockSite, parse_vsock_addr
-from executor.devnet.anvil import AnvilNode
-from executor.devnet.contracts import Devnet
-from executor.devnet.node_setup import write_node_files
 from executor.errors import ConfigError
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet
+from oyster_devnet.node_setup import write_node_files
 from tests.node_helpers import wait_until
 
 

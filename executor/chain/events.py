@@ -25,12 +25,19 @@ class EventDecodeError(ExecutorError, ValueError):
 
 @dataclass(frozen=True)
 class LogPosition:
-    """Where a log sits in the chain; (block_number, log_index) orders logs, tx_hash names them."""
+    """Where a log sits in the chain; (block_number, log_index) orders logs, tx_hash names them.
+
+    ``block_hash`` tells whether the block is still the one on the canonical chain (reorgs);
+    ``block_timestamp`` (unix seconds) is the chain time of the block, when the node reported it
+    (``blockTimestamp``, which newer nodes and anvil include in logs), else None.
+    """
 
     address: str
     block_number: int
     log_index: int
     tx_hash: str
+    block_hash: str = ""
+    block_timestamp: int | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -136,6 +143,14 @@ def _as_bytes(value: Any) -> bytes:
     return bytes(HexBytes(value))
 
 
+def _optional_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return int(value, 16) if value.startswith(("0x", "0X")) else int(value)
+    return int(value)
+
+
 def _normalize(abi_type: str, value: Any) -> Any:
     if abi_type == "address":
         return to_checksum_address(value)
@@ -166,6 +181,8 @@ def decode_log(log: Mapping[str, Any]) -> ChainEvent | None:
             block_number=int(log["blockNumber"]),
             log_index=int(log["logIndex"]),
             tx_hash="0x" + _as_bytes(log["transactionHash"]).hex(),
+            block_hash="0x" + _as_bytes(log["blockHash"]).hex() if log.get("blockHash") else "",
+            block_timestamp=_optional_int(log.get("blockTimestamp")),
         )
         if len(topics) != 1 + len(event_type.INDEXED):
             raise EventDecodeError(

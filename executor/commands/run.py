@@ -16,6 +16,7 @@ from typing import Any
 
 from executor.errors import ExecutorError, SliceSetupError
 from executor.outcome import ErrorCode, JobOutcome
+from executor.sandbox.binary import find_workerd
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.runner import Sandbox
 
@@ -110,9 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.workerd is not None:
         workerd_bin = args.workerd
     else:
-        from executor.devnet.tools import workerd_binary
-
-        workerd_bin = workerd_binary()
+        workerd_bin = find_workerd()
 
     if args.unconfined:
         pool = None

@@ -15,10 +15,10 @@ from typing import Any
 from executor.admin.client import AdminClient
 from executor.chain.signer import EnclaveKey
 from executor.config import Settings
-from executor.devnet.accounts import DevAccount
-from executor.devnet.anvil import AnvilNode
-from executor.devnet.contracts import Devnet
-from executor.devnet.tools import workerd_binary
+from oyster_devnet.accounts import DevAccount
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet
+from oyster_devnet.tools import workerd_binary
 
 
 @dataclass(frozen=True)

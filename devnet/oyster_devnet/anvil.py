@@ -1,6 +1,6 @@
 """Start a local anvil chain for tests, the demo and local runs; always stop it afterwards.
 
-The native anvil binary is spawned directly (see ``executor.devnet.tools``) on 127.0.0.1, quiet
+The native anvil binary is spawned directly (see ``oyster_devnet.tools``) on 127.0.0.1, quiet
 (``--silent``), with its stderr kept in an anonymous temporary file so that a failure can quote it.
 """
 
@@ -18,9 +18,9 @@ from typing import IO
 
 import aiohttp
 
-from executor.devnet.accounts import DEV_ACCOUNTS, DevAccount
-from executor.devnet.tools import anvil_binary, free_port
 from executor.errors import ExecutorError
+from oyster_devnet.accounts import DEV_ACCOUNTS, DevAccount
+from oyster_devnet.tools import anvil_binary, free_port
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from executor.devnet.accounts import DEV_ACCOUNTS
-from executor.devnet.anvil import start_anvil
-from executor.devnet.contracts import Devnet, JobResponse, deploy_devnet
-from executor.devnet.node_setup import init_and_register, write_node_files
-from executor.devnet.tools import REPO_ROOT, free_port
 from executor.outcome import ErrorCode
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import start_anvil
+from oyster_devnet.contracts import Devnet, JobResponse, deploy_devnet
+from oyster_devnet.node_setup import init_and_register, write_node_files
+from oyster_devnet.tools import REPO_ROOT, free_port
 
 logger = logging.getLogger("demo")
 

@@ -22,15 +22,15 @@ from web3.contract import AsyncContract
 from web3.exceptions import ContractCustomError
 from web3.types import LogReceipt, RPCEndpoint, TxReceipt
 
-from executor.devnet.accounts import DevAccount
-from executor.devnet.tools import REPO_ROOT
-from executor.devnet.transactions import (
+from executor.errors import ExecutorError
+from oyster_devnet.accounts import DevAccount
+from oyster_devnet.tools import REPO_ROOT
+from oyster_devnet.transactions import (
     DevnetTransactionError,
     RevertDecoder,
     TransactionReverted,
     TxSender,
 )
-from executor.errors import ExecutorError
 
 logger = logging.getLogger(__name__)
 

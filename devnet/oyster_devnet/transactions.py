@@ -24,8 +24,8 @@ from web3 import AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3RPCError
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 
-from executor.devnet.accounts import DevAccount
 from executor.errors import ChainError
+from oyster_devnet.accounts import DevAccount
 
 logger = logging.getLogger(__name__)
 
