@@ -15,11 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from eth_abi import encode
-from eth_utils import function_signature_to_4byte_selector
-
 from executor.chain.code import CodeFetcher
 from executor.chain.events import JobCreated
+from executor.chain.jobs_contract import sign_output, slash_calldata, submit_output_calldata
 from executor.chain.signer import EnclaveKey
 from executor.chain.txs import SentTx, TxRejected, TxSender
 from executor.errors import ChainError, SandboxError
@@ -28,33 +26,9 @@ from executor.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
 
-SUBMIT_OUTPUT_SELECTOR = function_signature_to_4byte_selector(
-    "submitOutput(bytes,uint256,bytes,uint256,uint8,uint256)"
-)
-SLASH_SELECTOR = function_signature_to_4byte_selector("slashOnExecutionTimeout(uint256)")
 SLASH_RETRY_S = 20.0
 """Timeout transactions are retried for about 20 s (PROTOCOL §3)."""
 MIN_SUBMIT_WINDOW_S = 5.0
-
-
-def submit_output_calldata(
-    signature: bytes, job_id: int, outcome: JobOutcome, sign_timestamp: int
-) -> bytes:
-    return SUBMIT_OUTPUT_SELECTOR + encode(
-        ["bytes", "uint256", "bytes", "uint256", "uint8", "uint256"],
-        [
-            signature,
-            job_id,
-            outcome.output,
-            outcome.total_time_ms,
-            int(outcome.error_code),
-            sign_timestamp,
-        ],
-    )
-
-
-def slash_calldata(job_id: int) -> bytes:
-    return SLASH_SELECTOR + encode(["uint256"], [job_id])
 
 
 ExecuteFn = Callable[..., Awaitable[JobOutcome]]
@@ -123,14 +97,22 @@ class JobRunner:
     async def submit(self, job_id: int, outcome: JobOutcome, *, timeout_s: float) -> SentTx | None:
         label = f"job {job_id} submitOutput"
         sign_timestamp = int(time.time())
-        signature = self._key.sign_output(
+        signature = sign_output(
+            self._key,
             job_id,
             outcome.output,
             outcome.total_time_ms,
             int(outcome.error_code),
             sign_timestamp,
         )
-        data = submit_output_calldata(signature, job_id, outcome, sign_timestamp)
+        data = submit_output_calldata(
+            signature,
+            job_id,
+            outcome.output,
+            outcome.total_time_ms,
+            int(outcome.error_code),
+            sign_timestamp,
+        )
         try:
             sent = await self._sender.send(
                 self._ctx.jobs_contract, data, label=label, timeout_s=timeout_s

@@ -3,7 +3,8 @@ signatures the contracts' ecrecover accepts."""
 
 from __future__ import annotations
 
-from executor.chain.signer import JOBS_DOMAIN, TEE_MANAGER_DOMAIN, EnclaveKey, domain_separator
+from executor.chain.jobs_contract import JOBS_DOMAIN, sign_output
+from executor.chain.signer import TEE_MANAGER_DOMAIN, EnclaveKey, domain_separator
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.contracts import Devnet
 
@@ -30,7 +31,7 @@ async def test_registration_and_output_signatures_are_accepted(devnet: Devnet) -
     output = b"\x00\xffbinary output"
     response = await devnet.submit_output(
         GAS,
-        signature=key.sign_output(job_id, output, 123, 0, now),
+        signature=sign_output(key, job_id, output, 123, 0, now),
         job_id=job_id,
         output=output,
         total_time=123,

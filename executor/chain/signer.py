@@ -1,7 +1,9 @@
 """The enclave's secp256k1 key: loading, addresses, EIP-712 digests and signatures (PROTOCOL §2).
 
 Both EIP-712 domains have only ``name`` and ``version`` (no chainId, no verifyingContract), so the
-digests are computed here directly rather than through a generic typed-data encoder.
+digests are computed here directly rather than through a generic typed-data encoder. The
+``Register`` digest lives here; the Jobs contract's ``SubmitOutput`` digest lives with the rest of
+that contract's calls in ``executor.chain.jobs_contract``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,8 @@ _REGISTER_TYPEHASH = keccak(
     b"Register(address owner,uint256 jobCapacity,uint256 storageCapacity,uint8 env,"
     b"uint256 signTimestamp)"
 )
-_SUBMIT_OUTPUT_TYPEHASH = keccak(
-    b"SubmitOutput(uint256 jobId,bytes output,uint256 totalTime,uint8 errorCode,"
-    b"uint256 signTimestamp)"
-)
 
 TEE_MANAGER_DOMAIN = "marlin.oyster.TeeManager"
-JOBS_DOMAIN = "marlin.oyster.Jobs"
 
 
 def domain_separator(name: str, version: str = "1") -> bytes:
@@ -43,10 +40,10 @@ def domain_separator(name: str, version: str = "1") -> bytes:
 
 
 _TEE_MANAGER_SEPARATOR = domain_separator(TEE_MANAGER_DOMAIN)
-_JOBS_SEPARATOR = domain_separator(JOBS_DOMAIN)
 
 
-def _typed_digest(separator: bytes, struct_hash: bytes) -> bytes:
+def typed_digest(separator: bytes, struct_hash: bytes) -> bytes:
+    """``keccak256(0x19 0x01 || domainSeparator || hashStruct)``."""
     return keccak(b"\x19\x01" + separator + struct_hash)
 
 
@@ -60,27 +57,7 @@ def register_digest(
             [_REGISTER_TYPEHASH, owner, job_capacity, storage_capacity, env, sign_timestamp],
         )
     )
-    return _typed_digest(_TEE_MANAGER_SEPARATOR, struct_hash)
-
-
-def submit_output_digest(
-    job_id: int, output: bytes, total_time: int, error_code: int, sign_timestamp: int
-) -> bytes:
-    """EIP-712 digest of ``SubmitOutput`` in the ``marlin.oyster.Jobs`` domain."""
-    struct_hash = keccak(
-        encode(
-            ["bytes32", "uint256", "bytes32", "uint256", "uint8", "uint256"],
-            [
-                _SUBMIT_OUTPUT_TYPEHASH,
-                job_id,
-                keccak(output),
-                total_time,
-                error_code,
-                sign_timestamp,
-            ],
-        )
-    )
-    return _typed_digest(_JOBS_SEPARATOR, struct_hash)
+    return typed_digest(_TEE_MANAGER_SEPARATOR, struct_hash)
 
 
 def address_of_public_key(public_key: bytes) -> str:
@@ -155,13 +132,6 @@ class EnclaveKey:
     ) -> bytes:
         return self.sign_digest(
             register_digest(owner, job_capacity, storage_capacity, env, sign_timestamp)
-        )
-
-    def sign_output(
-        self, job_id: int, output: bytes, total_time: int, error_code: int, sign_timestamp: int
-    ) -> bytes:
-        return self.sign_digest(
-            submit_output_digest(job_id, output, total_time, error_code, sign_timestamp)
         )
 
     def write_secret(self, path: Path) -> None:
