@@ -10,6 +10,7 @@ and a job still incomplete when its timer fires is slashed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,18 +18,26 @@ from dataclasses import dataclass
 
 from executor.chain.code import CodeFetcher
 from executor.chain.events import JobCreated
-from executor.chain.jobs_contract import sign_output, slash_calldata, submit_output_calldata
+from executor.chain.jobs_contract import (
+    Refusal,
+    classify_revert,
+    sign_output,
+    slash_calldata,
+    submit_output_calldata,
+    submit_output_gas_bound,
+)
 from executor.chain.signer import EnclaveKey
-from executor.chain.txs import SentTx, TxRejected, TxSender
+from executor.chain.txs import TxManager, TxOutcome, TxStatus
 from executor.errors import ChainError, SandboxError
-from executor.outcome import JobOutcome
+from executor.outcome import ErrorCode, JobOutcome
 from executor.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
 
 SLASH_RETRY_S = 20.0
-"""Timeout transactions are retried for about 20 s (PROTOCOL §3)."""
-MIN_SUBMIT_WINDOW_S = 5.0
+"""A slash refused as "not due yet" is retried for about 20 s of chain time (PROTOCOL §3)."""
+SLASH_RETRY_INTERVAL_S = 1.0
+"""Between retries of a slash that is not due: the next block, or this long at most."""
 
 
 ExecuteFn = Callable[..., Awaitable[JobOutcome]]
@@ -43,6 +52,16 @@ class JobContext:
     execution_buffer_time_s: int
 
 
+class JobClock:
+    """One clock per job, started when the job is seen: ``totalTime`` for every error code."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self._started) * 1000)
+
+
 class JobRunner:
     def __init__(
         self,
@@ -50,21 +69,32 @@ class JobRunner:
         key: EnclaveKey,
         fetcher: CodeFetcher,
         execute: ExecuteFn,
-        sender: TxSender,
+        txm: TxManager,
         context: JobContext,
     ) -> None:
         self._key = key
         self._fetcher = fetcher
         self._execute = execute
-        self._sender = sender
+        self._txm = txm
         self._ctx = context
 
-    async def run(self, job: JobCreated) -> SentTx | None:
-        """Execute ``job`` and submit its outcome; returns the submission, None if none was made."""
-        seen = time.monotonic()
+    def output_window_end(self, job: JobCreated) -> float:
+        """Chain time (s) after which the contract refuses the job's output (PROTOCOL §2):
+        ``execStartTime + deadline/1000 + executionBufferTime``."""
+        start = job.position.block_timestamp
+        if start is None:  # the node omitted the log's block timestamp: our clock instead
+            start = int(time.time())
+        return start + job.deadline_ms / 1000 + self._ctx.execution_buffer_time_s
+
+    async def run(self, job: JobCreated) -> TxOutcome | None:
+        """Execute ``job`` and submit its outcome; None if no submission was made.
+
+        Cancelling it (a reorg removed the job) withdraws an output still pending."""
+        clock = JobClock()
         label = f"job {job.job_id}"
+        valid_until = self.output_window_end(job)
         try:
-            outcome = await self._outcome(job, label)
+            outcome = await self._outcome(job, clock)
         except (ChainError, SandboxError) as e:
             logger.error("%s: not executed, no output submitted: %s", label, e)
             return None
@@ -76,27 +106,27 @@ class JobRunner:
             len(outcome.output),
             outcome.total_time_ms,
         )
-        window_s = job.deadline_ms / 1000 + self._ctx.execution_buffer_time_s
-        remaining = max(MIN_SUBMIT_WINDOW_S, window_s - (time.monotonic() - seen))
-        return await self.submit(job.job_id, outcome, timeout_s=remaining)
+        return await self.submit(job.job_id, outcome, valid_until=valid_until)
 
-    async def _outcome(self, job: JobCreated, label: str) -> JobOutcome:
-        started = time.monotonic()
+    async def _outcome(self, job: JobCreated, clock: JobClock) -> JobOutcome:
         fetched = await self._fetcher.fetch(job.codehash)
         if fetched.error is not None:
-            elapsed_ms = int((time.monotonic() - started) * 1000)
-            return JobOutcome.failed(fetched.error, elapsed_ms)
-        return await self._execute(
+            return JobOutcome.failed(fetched.error, clock.elapsed_ms())
+        outcome = await self._execute(
             fetched.code,
             job.code_inputs,
             deadline_ms=job.deadline_ms,
             secret_id=job.secret_id,
             label=str(job.job_id),
         )
+        if outcome.error_code == ErrorCode.DEADLINE_EXCEEDED:
+            return outcome  # totalTime = deadline (PROTOCOL §3)
+        return dataclasses.replace(outcome, total_time_ms=clock.elapsed_ms())
 
-    async def submit(self, job_id: int, outcome: JobOutcome, *, timeout_s: float) -> SentTx | None:
+    async def submit(self, job_id: int, outcome: JobOutcome, *, valid_until: float) -> TxOutcome:
+        """Sign ``outcome`` and send it; ``valid_until`` is the window's end in chain time."""
         label = f"job {job_id} submitOutput"
-        sign_timestamp = int(time.time())
+        sign_timestamp = int(self._txm.chain_now())
         signature = sign_output(
             self._key,
             job_id,
@@ -113,17 +143,28 @@ class JobRunner:
             int(outcome.error_code),
             sign_timestamp,
         )
-        try:
-            sent = await self._sender.send(
-                self._ctx.jobs_contract, data, label=label, timeout_s=timeout_s
+        sent = await self._txm.submit(
+            self._ctx.jobs_contract,
+            data,
+            kind="output",
+            job_id=job_id,
+            valid_until=valid_until,
+            gas_limit=submit_output_gas_bound(data),
+        )
+        if sent.mined:
+            logger.info(
+                "%s: accepted in tx %s (nonce %s, block %s)",
+                label,
+                sent.tx_hash,
+                sent.nonce,
+                sent.block_number,
             )
-        except TxRejected as e:
-            logger.error("%s: %s", label, e)
-            return None
-        except ChainError as e:
-            logger.error("%s: output not delivered: %s", label, e)
-            return None
-        logger.info("%s: accepted in tx %s (block %d)", label, sent.tx_hash, sent.block_number)
+        elif sent.status is TxStatus.REVERTED:
+            reason = classify_revert(sent.revert_data)
+            log = logger.info if reason.refusal is Refusal.SETTLED else logger.error
+            log("%s: refused by the contract in tx %s: %s", label, sent.tx_hash, reason)
+        else:
+            logger.error("%s: output not delivered (%s): %s", label, sent.status.value, sent.detail)
         return sent
 
 
@@ -133,13 +174,13 @@ class TimeoutWatch:
     def __init__(
         self,
         *,
-        sender: TxSender,
+        txm: TxManager,
         jobs_contract: str,
         execution_buffer_time_s: int,
         num_selected_executors: int,
         tasks: TaskSet,
     ) -> None:
-        self._sender = sender
+        self._txm = txm
         self._jobs_contract = jobs_contract
         self._buffer_ms = execution_buffer_time_s * 1000
         self._num_selected = num_selected_executors
@@ -178,27 +219,32 @@ class TimeoutWatch:
         self._timers.pop(job_id, None)
         await self.slash(job_id)
 
-    async def slash(self, job_id: int) -> SentTx | None:
+    async def slash(self, job_id: int) -> TxOutcome:
+        """Slash ``job_id``; retried only while the contract says "not due yet". A job already
+        settled (slashed by another node, or complete) ends at once, at INFO."""
         label = f"job {job_id} slashOnExecutionTimeout"
-        give_up = time.monotonic() + SLASH_RETRY_S
+        give_up = self._txm.chain_now() + SLASH_RETRY_S
         while True:
-            try:
-                sent = await self._sender.send(
-                    self._jobs_contract,
-                    slash_calldata(job_id),
-                    label=label,
-                    timeout_s=max(1.0, give_up - time.monotonic()),
-                )
-            except TxRejected as e:
-                # Chain time may lag ours ("deadline not over"); or someone already slashed it.
-                if time.monotonic() + 1.0 >= give_up:
-                    logger.info("%s: not slashed: %s", label, e.reason)
-                    return None
-                await asyncio.sleep(1.0)
+            sent = await self._txm.submit(
+                self._jobs_contract,
+                slash_calldata(job_id),
+                kind="slash",
+                job_id=job_id,
+                valid_until=give_up,
+            )
+            if sent.mined:
+                logger.info("%s: slashed in tx %s (nonce %s)", label, sent.tx_hash, sent.nonce)
+                self.slashed.append(job_id)
+                return sent
+            if sent.status is not TxStatus.REVERTED:
+                logger.error("%s: not slashed (%s): %s", label, sent.status.value, sent.detail)
+                return sent
+            reason = classify_revert(sent.revert_data)
+            if reason.refusal.retryable and self._txm.chain_now() < give_up:
+                await self._txm.wait_for_block(SLASH_RETRY_INTERVAL_S)
                 continue
-            except ChainError as e:
-                logger.error("%s: failed: %s", label, e)
-                return None
-            logger.info("%s: slashed in tx %s", label, sent.tx_hash)
-            self.slashed.append(job_id)
+            if reason.refusal is Refusal.SETTLED:
+                logger.info("%s: nothing to do: %s", label, reason)
+            else:
+                logger.warning("%s: refused by the contract: %s", label, reason)
             return sent

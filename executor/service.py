@@ -20,7 +20,7 @@ from executor.chain.code import CodeFetcher
 from executor.chain.events import JOB_EVENTS, NODE_EVENTS
 from executor.chain.listener import LogStream
 from executor.chain.signer import EnclaveKey
-from executor.chain.txs import TxSender
+from executor.chain.txs import TxManager
 from executor.config import Settings
 from executor.errors import ChainError
 from executor.jobs import ExecuteFn, JobContext, JobRunner, TimeoutWatch
@@ -49,13 +49,13 @@ class ExecutorService:
         self.gas_account: LocalAccount | None = None
         self._ws_api_key = ""
         self._w3 = w3
-        self.sender = TxSender(w3, settings.common_chain_id)
+        self.txm = TxManager(w3, [w3], settings.common_chain_id)
         self.executions = TaskSet("jobs")
         self._timers = TaskSet("timeouts")
         self._following = TaskSet("follow")
         self._stream: LogStream | None = None
         self.watch = TimeoutWatch(
-            sender=self.sender,
+            txm=self.txm,
             jobs_contract=settings.jobs_contract_addr,
             execution_buffer_time_s=settings.execution_buffer_time,
             num_selected_executors=settings.num_selected_executors,
@@ -65,7 +65,7 @@ class ExecutorService:
             key=key,
             fetcher=CodeFetcher(w3, settings.code_contract_addr),
             execute=execute,
-            sender=self.sender,
+            txm=self.txm,
             context=JobContext(settings.jobs_contract_addr, settings.execution_buffer_time),
         )
         self.follower = ChainFollower(
@@ -90,7 +90,7 @@ class ExecutorService:
         redact.register_secret(bytes(gas_account.key).hex())
         redact.register_secret(ws_api_key)
         self.gas_account = gas_account
-        self.sender.set_account(gas_account)
+        self.txm.set_account(gas_account)
         key_changed = ws_api_key != self._ws_api_key
         self._ws_api_key = ws_api_key
         if key_changed and self._stream is not None:
@@ -100,6 +100,7 @@ class ExecutorService:
     async def start_following(self) -> None:
         if len(self._following):
             return
+        await self.txm.start()
         try:
             from_block = await self._w3.eth.block_number
         except (Web3Exception, OSError, TimeoutError) as e:
@@ -134,3 +135,4 @@ class ExecutorService:
                 logger.warning("cancelling %d job(s) still running", len(self.executions))
         await self.executions.cancel_all()
         await self._timers.cancel_all()
+        await self.txm.close()
