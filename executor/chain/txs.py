@@ -29,9 +29,9 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -42,6 +42,7 @@ from executor.chain.broadcast import Broadcaster
 from executor.chain.txpolicy import Fees, NonceBook, RpcFailure, classify_rpc_error, revert_data
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TxKind = Literal["output", "slash", "no-op"]
 
@@ -56,6 +57,7 @@ STALL_GRACE_S = 3.0
 """Without a block past ``valid_until``, a tx is withdrawn this long after its estimated expiry."""
 FUNDS_REPORT_INTERVAL_S = 60.0
 SEND_ATTEMPTS = 3
+READ_ATTEMPTS = 4
 PRECHECK_RETRY_S = 10.0
 
 
@@ -158,6 +160,7 @@ class TxManager:
         self._head: Head | None = None
         self._tip = 0
         self._pending_base_fee = 0
+        self._checked_block = -1
         self._wake = asyncio.Event()
         self._new_block = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -195,6 +198,11 @@ class TxManager:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def withdrawing(self) -> int:
+        """In-flight transactions already replaced by a no-op."""
+        return sum(1 for t in self._inflight.values() if t.attempts and t.last.noop)
 
     async def wait_for_block(self, timeout_s: float) -> None:
         """Until the loop sees a new block, or ``timeout_s`` passes."""
@@ -246,7 +254,11 @@ class TxManager:
             logger.error("%s: not sent: no executor gas key configured yet", label)
             return TxOutcome(TxStatus.NO_ACCOUNT, detail="no gas key")
         if self._head is None:
-            await self._read_head()
+            try:
+                await self._retry_read(self._read_head)
+            except Exception as e:
+                logger.error("%s: not sent: cannot read the chain head: %s", label, e)
+                return TxOutcome(TxStatus.FAILED, detail=f"no chain head: {e}")
         if valid_until is not None and self.chain_now() > valid_until:
             logger.info("%s: not sent: its window closed at chain time %.0f", label, valid_until)
             return TxOutcome(TxStatus.EXPIRED, detail="window closed before sending")
@@ -300,10 +312,19 @@ class TxManager:
             book = self._nonces.setdefault(account.address, NonceBook())
             for _ in range(SEND_ATTEMPTS):
                 if not book.synced:
-                    book.sync(await self._w3.eth.get_transaction_count(account.address, "pending"))
+                    try:
+                        book.sync(await self._retry_read(self._pending_count, account.address))
+                    except Exception as e:
+                        logger.error("%s: not sent: cannot read the nonce: %s", tracked.label, e)
+                        return TxOutcome(TxStatus.FAILED, detail=f"nonce unknown: {e}")
                 tracked.nonce = book.take()
                 fees = self.current_fees()
                 failure, error = await self._send(tracked, fees, noop=False)
+                if failure in (RpcFailure.NONCE_TOO_LOW, RpcFailure.UNDERPRICED):
+                    # Our own tx may hold the nonce already (an earlier answer got lost and the
+                    # send was retried): then it is tracked, never sent again on a new nonce.
+                    if await self._known(tracked.last.tx_hash):
+                        failure = None
                 if failure in (None, RpcFailure.ALREADY_KNOWN, RpcFailure.TRANSIENT):
                     if failure is RpcFailure.TRANSIENT:
                         logger.warning(
@@ -325,7 +346,7 @@ class TxManager:
                         tracked.nonce,
                         error,
                     )
-                    count = await self._w3.eth.get_transaction_count(account.address, "pending")
+                    count = await self._retry_read(self._pending_count, account.address)
                     book.sync(max(count, tracked.nonce + 1))
                     continue
                 if failure is RpcFailure.FEE_BELOW_BASE_FEE:
@@ -343,6 +364,29 @@ class TxManager:
                 return TxOutcome(TxStatus.FAILED, detail=str(error))
         logger.error("%s: not sent after %d attempts", tracked.label, SEND_ATTEMPTS)
         return TxOutcome(TxStatus.FAILED, detail="nonce/fee refusals")
+
+    async def _known(self, tx_hash: str) -> bool:
+        """Whether the node knows this tx (pooled or mined); False if it cannot tell."""
+        try:
+            await self._retry_read(self._w3.eth.get_transaction, tx_hash)
+        except Exception:
+            return False
+        return True
+
+    async def _pending_count(self, address: str) -> int:
+        return int(await self._w3.eth.get_transaction_count(address, "pending"))  # type: ignore[arg-type]
+
+    async def _retry_read(self, read: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A read on the submit path, retried briefly on transient RPC errors."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return await read(*args)
+            except Exception as e:
+                last_try = attempt + 1 == READ_ATTEMPTS
+                if last_try or classify_rpc_error(e) is not RpcFailure.TRANSIENT:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _send(
         self, tracked: _Tracked, fees: Fees, *, noop: bool
@@ -465,11 +509,13 @@ class TxManager:
         if not self._inflight:
             return
         mined: dict[str, int] = {}
-        if new_block:
+        head_number = self._head.number if self._head else 0
+        if new_block or head_number != self._checked_block:
             for address in {a for a, _ in self._inflight}:
                 mined[address] = int(
                     await self._w3.eth.get_transaction_count(address, "latest")  # type: ignore[arg-type]
                 )
+            self._checked_block = head_number
         for key in sorted(self._inflight, key=lambda k: k[1]):
             tracked = self._inflight.get(key)
             if tracked is None:
@@ -569,9 +615,12 @@ class TxManager:
             await self._resend(tracked, noop=last.noop, why=f"not mined in {STUCK_BLOCKS} blocks")
         elif time.monotonic() - tracked.sent_at >= RECHECK_S:
             try:
-                await self._w3.eth.get_transaction(last.tx_hash)  # type: ignore[arg-type]
+                tx = await self._w3.eth.get_transaction(last.tx_hash)  # type: ignore[arg-type]
             except TransactionNotFound:
                 await self._resend(tracked, noop=last.noop, why="no longer known to the node")
+                return
+            if tx.get("blockNumber") is not None:
+                await self._settle(tracked)
             else:
                 tracked.sent_at = time.monotonic()
 

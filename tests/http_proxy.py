@@ -1,0 +1,64 @@
+"""An HTTP JSON-RPC relay in front of anvil that fails chosen calls, for transient-error tests.
+
+``fail_every[method] = n`` answers every n-th call of ``method`` with HTTP 502 without forwarding
+it; ``lose_answer[method] = k`` forwards the first ``k`` calls of ``method`` but answers them with
+HTTP 502 (the node acted on the call, the client never learns it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from aiohttp import web
+
+
+class FlakyRpcProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.fail_every: dict[str, int] = {}
+        self.lose_answer: dict[str, int] = {}
+        self.calls: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.url = ""
+        self._session: aiohttp.ClientSession | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        method = str(json.loads(body).get("method", ""))
+        self.calls[method] += 1
+        every = self.fail_every.get(method)
+        if every and self.calls[method] % every == 0:
+            self.failed[method] += 1
+            return web.Response(status=502, text="bad gateway (injected)")
+        assert self._session is not None
+        async with self._session.post(
+            self.upstream, data=body, headers={"Content-Type": "application/json"}
+        ) as upstream:
+            answer = await upstream.read()
+        if self.lose_answer.get(method, 0) > 0:
+            self.lose_answer[method] -= 1
+            self.failed[method] += 1
+            return web.Response(status=502, text="answer lost (injected)")
+        return web.Response(body=answer, content_type="application/json")
+
+
+@asynccontextmanager
+async def running_rpc_proxy(upstream: str) -> AsyncIterator[FlakyRpcProxy]:
+    proxy = FlakyRpcProxy(upstream)
+    app = web.Application()
+    app.router.add_post("/", proxy.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    async with aiohttp.ClientSession() as session:
+        proxy._session = session
+        try:
+            yield proxy
+        finally:
+            await runner.cleanup()

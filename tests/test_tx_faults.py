@@ -1,0 +1,309 @@
+"""The transaction manager under faults, on a real anvil (PROTOCOL §7 lists the anvil behaviours).
+
+Outputs are signed by a registered enclave key and sent through the real ``JobRunner.submit`` and
+``TxManager``; the devnet contract checks each one (signature, window), so a JobResponded proves
+that the output landed inside its window. Transactions are counted from the gas account's blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from executor.chain.code import CodeFetcher
+from executor.chain.jobs_contract import SUBMIT_OUTPUT_SELECTOR, Refusal, classify_revert
+from executor.chain.signer import EnclaveKey
+from executor.chain.txs import TxManager, TxOutcome, TxStatus
+from executor.jobs import JobContext, JobRunner, TimeoutWatch
+from executor.outcome import ErrorCode, JobOutcome
+from executor.tasks import TaskSet
+from oyster_devnet.accounts import DEV_ACCOUNTS
+from oyster_devnet.anvil import AnvilNode
+from oyster_devnet.contracts import Devnet
+from tests.http_proxy import running_rpc_proxy
+from tests.node_helpers import wait_until
+
+OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+GAS_ACCOUNT: LocalAccount = Account.from_key(GAS.private_key)
+NOBODY = Account.create().address
+GWEI = 10**9
+
+
+@pytest.fixture
+async def enclave(devnet: Devnet) -> EnclaveKey:
+    """A registered, active enclave key (the contract accepts its outputs)."""
+    key = EnclaveKey.generate()
+    now = await devnet.chain_time()
+    signature = key.sign_registration(OWNER.address, 20, 0, 1, now)
+    await devnet.register_node(OWNER, key.public_key, 20, 0, 1, now, signature)
+    return key
+
+
+@asynccontextmanager
+async def manager(
+    w3: AsyncWeb3[Any], chain_id: int, account: LocalAccount = GAS_ACCOUNT
+) -> AsyncIterator[TxManager]:
+    txm = TxManager(w3, [w3], chain_id, poll_s=0.1, idle_poll_s=0.2)
+    txm.set_account(account)
+    await txm.start()
+    try:
+        yield txm
+    finally:
+        await txm.close()
+
+
+def runner_for(txm: TxManager, key: EnclaveKey, devnet: Devnet) -> JobRunner:
+    async def never(*_: Any, **__: Any) -> JobOutcome:
+        raise AssertionError("these tests submit outcomes directly")
+
+    return JobRunner(
+        key=key,
+        fetcher=CodeFetcher(devnet.w3, devnet.user_code_address),
+        execute=never,
+        txm=txm,
+        context=JobContext(devnet.jobs_address, devnet.execution_buffer_time),
+    )
+
+
+async def new_jobs(devnet: Devnet, executors: list[str], count: int, deadline_ms: int) -> list[int]:
+    return [
+        await devnet.create_job(
+            USER,
+            codehash=b"\x01" * 32,
+            code_inputs=b"",
+            deadline_ms=deadline_ms,
+            executors=executors,
+        )
+        for _ in range(count)
+    ]
+
+
+async def submit(runner: JobRunner, devnet: Devnet, job_id: int) -> TxOutcome:
+    info = await devnet.job(job_id)
+    assert info is not None
+    window_end = info.exec_start_time + info.deadline_ms / 1000 + devnet.execution_buffer_time
+    outcome = JobOutcome(f"out-{job_id}".encode(), ErrorCode.OK, 7)
+    return await runner.submit(job_id, outcome, valid_until=window_end)
+
+
+async def rpc(w3: AsyncWeb3[Any], method: str, *params: Any) -> Any:
+    response = await w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    assert "error" not in response, response
+    return response["result"]
+
+
+async def sent_by(w3: AsyncWeb3[Any], sender: str, from_block: int) -> list[Any]:
+    """Every mined transaction from ``sender`` after ``from_block``."""
+    latest = await w3.eth.block_number
+    txs = []
+    for number in range(from_block + 1, latest + 1):
+        block = await w3.eth.get_block(number, full_transactions=True)
+        txs += [tx for tx in block["transactions"] if tx["from"] == sender]  # type: ignore[index]
+    return txs
+
+
+def outputs_per_job(txs: list[Any]) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    for tx in txs:
+        data = bytes(tx["input"])
+        if data[:4] == SUBMIT_OUTPUT_SELECTOR:
+            counts[int.from_bytes(data[36:68], "big")] += 1  # _jobId, the second argument
+    return counts
+
+
+async def test_outputs_survive_a_dropped_pool_while_mining_is_paused(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    jobs = await new_jobs(devnet, [enclave.address], 4, deadline_ms=10_000)
+    start = await w3.eth.block_number
+    async with manager(w3, anvil.chain_id) as txm:
+        runner = runner_for(txm, enclave, devnet)
+        await devnet.set_automine(False)
+        pending = [asyncio.create_task(submit(runner, devnet, j)) for j in jobs]
+        await wait_until(lambda: txm.in_flight == len(jobs), timeout=10, what="4 txs in the pool")
+        await rpc(w3, "anvil_dropAllTransactions")
+        await devnet.set_automine(True)
+        outcomes = await asyncio.wait_for(asyncio.gather(*pending), 30)
+        assert [o.status for o in outcomes] == [TxStatus.MINED] * len(jobs)
+        (later,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=10_000)
+        assert (await submit(runner, devnet, later)).mined  # no nonce gap behind the drop
+    for job_id in [*jobs, later]:
+        assert [r.executor for r in await devnet.job_responses(job_id)] == [enclave.address]
+    txs = await sent_by(w3, GAS.address, start)
+    assert outputs_per_job(txs) == {j: 1 for j in [*jobs, later]}
+    assert sorted(tx["nonce"] for tx in txs) == list(range(txs[0]["nonce"], txs[0]["nonce"] + 5))
+
+
+async def test_outputs_are_repriced_and_land_while_the_base_fee_is_held_high(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    jobs = await new_jobs(devnet, [enclave.address], 3, deadline_ms=12_000)
+    async with manager(w3, anvil.chain_id) as txm:
+        runner = runner_for(txm, enclave, devnet)
+        await devnet.set_automine(False)
+        pending = [asyncio.create_task(submit(runner, devnet, j)) for j in jobs]
+        await wait_until(lambda: txm.in_flight == len(jobs), timeout=10, what="3 txs in the pool")
+        first_cap = txm.current_fees().cap
+        high = max(20 * GWEI, 4 * first_cap)  # far above every pending tx's fee cap
+        hold = asyncio.Event()
+
+        async def hold_base_fee() -> None:
+            while not hold.is_set():
+                await rpc(w3, "anvil_setNextBlockBaseFeePerGas", hex(high))
+                await rpc(w3, "evm_mine")
+                await asyncio.sleep(0.3)
+
+        holder = asyncio.create_task(hold_base_fee())
+        try:
+            outcomes = await asyncio.wait_for(asyncio.gather(*pending), 30)
+        finally:
+            hold.set()
+            await holder
+            await devnet.set_automine(True)
+    for outcome in outcomes:
+        assert outcome.mined, outcome
+        assert outcome.block_number is not None
+        block = await w3.eth.get_block(outcome.block_number)
+        assert block["baseFeePerGas"] == high  # landed during the hold
+        tx = await w3.eth.get_transaction(outcome.tx_hash)  # type: ignore[arg-type]
+        assert tx["maxFeePerGas"] >= high > first_cap  # re-priced
+    for job_id in jobs:
+        assert len(await devnet.job_responses(job_id)) == 1
+
+
+async def test_transient_rpc_errors_never_send_a_second_output(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    jobs = await new_jobs(devnet, [enclave.address], 4, deadline_ms=15_000)
+    start = await w3.eth.block_number
+    async with running_rpc_proxy(anvil.http_url) as proxy:
+        flaky = AsyncWeb3(AsyncHTTPProvider(proxy.url))
+        try:
+            proxy.fail_every = {
+                "eth_getTransactionReceipt": 2,
+                "eth_getTransactionCount": 2,
+                "eth_getBlockByNumber": 3,
+                "eth_blockNumber": 2,
+            }
+            proxy.lose_answer = {"eth_sendRawTransaction": 2}  # sent, but the answer is lost
+            async with manager(flaky, anvil.chain_id) as txm:
+                runner = runner_for(txm, enclave, devnet)
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(*(submit(runner, devnet, j) for j in jobs)), 30
+                )
+        finally:
+            await flaky.provider.disconnect()
+    assert [o.status for o in outcomes] == [TxStatus.MINED] * len(jobs)
+    assert proxy.failed["eth_sendRawTransaction"] == 2
+    assert proxy.failed["eth_getTransactionReceipt"] + proxy.failed["eth_getBlockByNumber"] > 0
+    assert outputs_per_job(await sent_by(w3, GAS.address, start)) == {j: 1 for j in jobs}
+
+
+async def test_insufficient_funds_is_one_clear_error_and_consumes_no_nonce(
+    w3: AsyncWeb3[Any],
+    anvil: AnvilNode,
+    devnet: Devnet,
+    enclave: EnclaveKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="executor")
+    poor: LocalAccount = Account.create()
+    jobs = await new_jobs(devnet, [enclave.address], 3, deadline_ms=30_000)
+    async with manager(w3, anvil.chain_id, account=poor) as txm:
+        runner = runner_for(txm, enclave, devnet)
+        outcomes = [await submit(runner, devnet, j) for j in jobs]
+        assert [o.status for o in outcomes] == [TxStatus.NO_FUNDS] * 3
+        funds_errors = [
+            r.getMessage() for r in caplog.records if "insufficient funds" in r.getMessage()
+        ]
+        assert len(funds_errors) == 1, funds_errors
+        assert poor.address in funds_errors[0] and "balance 0 wei" in funds_errors[0]
+        assert all(r.levelno == logging.ERROR for r in caplog.records if poor.address in r.msg)
+
+        await devnet.send_eth(USER, poor.address, 10**18)
+        funded = await submit(runner, devnet, jobs[0])
+    assert funded.mined and funded.nonce == 0  # the refused ones left no gap
+
+
+async def test_a_slash_of_a_completed_job_ends_at_once_quietly(
+    anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=1000)
+    async with running_rpc_proxy(anvil.http_url) as proxy:
+        counted = AsyncWeb3(AsyncHTTPProvider(proxy.url))
+        try:
+            async with manager(counted, anvil.chain_id) as txm:
+                assert (await submit(runner_for(txm, enclave, devnet), devnet, job_id)).mined
+                await devnet.increase_time(10)  # the window is over: the job is complete
+                nonce = await devnet.w3.eth.get_transaction_count(GAS.address)
+                caplog.set_level(logging.INFO, logger="executor")
+                caplog.clear()
+                watch = TimeoutWatch(
+                    txm=txm,
+                    jobs_contract=devnet.jobs_address,
+                    execution_buffer_time_s=devnet.execution_buffer_time,
+                    num_selected_executors=1,
+                    tasks=TaskSet("timeouts"),
+                )
+                outcome = await watch.slash(job_id)
+        finally:
+            await counted.provider.disconnect()
+    assert outcome.status is TxStatus.REVERTED
+    assert classify_revert(outcome.revert_data).refusal is Refusal.SETTLED
+    assert proxy.calls["eth_estimateGas"] == 1  # one attempt, no retries
+    assert await devnet.w3.eth.get_transaction_count(GAS.address) == nonce  # nothing sent
+    assert [r.levelname for r in caplog.records if r.name.startswith("executor")] == ["INFO"]
+    assert watch.slashed == []
+
+
+async def test_a_slash_sent_too_early_is_retried_until_due(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet
+) -> None:
+    (job_id,) = await new_jobs(devnet, [NOBODY], 1, deadline_ms=1000)
+    async with manager(w3, anvil.chain_id) as txm:
+        watch = TimeoutWatch(
+            txm=txm,
+            jobs_contract=devnet.jobs_address,
+            execution_buffer_time_s=devnet.execution_buffer_time,
+            num_selected_executors=1,
+            tasks=TaskSet("timeouts"),
+        )
+        outcome = await watch.slash(job_id)  # due 1 + 2 s after the job's block
+    assert outcome.mined, outcome
+    assert [s.enclave_address for s in await devnet.slash_events(job_id)] == [NOBODY]
+    assert watch.slashed == [job_id]
+
+
+async def test_cancelling_a_pending_output_withdraws_it_with_a_noop(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    withdrawn, later = await new_jobs(devnet, [enclave.address], 2, deadline_ms=15_000)
+    start = await w3.eth.block_number
+    async with manager(w3, anvil.chain_id) as txm:
+        runner = runner_for(txm, enclave, devnet)
+        await devnet.set_automine(False)
+        task = asyncio.create_task(submit(runner, devnet, withdrawn))
+        await wait_until(lambda: txm.in_flight == 1, timeout=10, what="the output in the pool")
+        task.cancel()  # e.g. a reorg removed the job
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_until(
+            lambda: txm.in_flight == 1 and txm.withdrawing == 1, timeout=5, what="the no-op"
+        )
+        await devnet.set_automine(True)  # mines the pool: the no-op replaced the output
+        await wait_until(lambda: txm.in_flight == 0, timeout=10, what="the no-op to be mined")
+        assert (await submit(runner, devnet, later)).mined
+    assert await devnet.job_responses(withdrawn) == []
+    txs = await sent_by(w3, GAS.address, start)
+    assert outputs_per_job(txs) == {later: 1}
+    noop = txs[0]
+    assert (noop["to"], noop["value"], noop["input"]) == (GAS.address, 0, b"")
