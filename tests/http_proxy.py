@@ -8,6 +8,7 @@ HTTP 502 (the node acted on the call, the client never learns it).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ class FlakyRpcProxy:
         self.fail_every: dict[str, int] = {}
         self.lose_answer: dict[str, int] = {}
         self.calls: Counter[str] = Counter()
+        self.log: list[tuple[float, str]] = []
+        """(time.perf_counter(), method) of every call, in arrival order."""
         self.failed: Counter[str] = Counter()
         self.url = ""
         self._session: aiohttp.ClientSession | None = None
@@ -30,6 +33,7 @@ class FlakyRpcProxy:
         body = await request.read()
         method = str(json.loads(body).get("method", ""))
         self.calls[method] += 1
+        self.log.append((time.perf_counter(), method))
         every = self.fail_every.get(method)
         if every and self.calls[method] % every == 0:
             self.failed[method] += 1
