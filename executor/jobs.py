@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 SLASH_RETRY_S = 20.0
 """A slash refused as "not due yet" is retried for about 20 s of chain time (PROTOCOL §3)."""
+SLASHED_KEPT = 256
 SLASH_RETRY_INTERVAL_S = 1.0
 """Between retries of a slash that is not due: the next block, or this long at most."""
 
@@ -186,7 +188,8 @@ class TimeoutWatch:
         self._num_selected = num_selected_executors
         self._tasks = tasks
         self._timers: dict[int, asyncio.Task[None]] = {}
-        self.slashed: list[int] = []
+        self.slashed: deque[int] = deque(maxlen=SLASHED_KEPT)
+        """The latest jobs this node slashed (bounded)."""
 
     @property
     def running(self) -> frozenset[int]:

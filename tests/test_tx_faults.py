@@ -262,7 +262,7 @@ async def test_a_slash_of_a_completed_job_ends_at_once_quietly(
     assert proxy.calls["eth_estimateGas"] == 1  # one attempt, no retries
     assert await devnet.w3.eth.get_transaction_count(GAS.address) == nonce  # nothing sent
     assert [r.levelname for r in caplog.records if r.name.startswith("executor")] == ["INFO"]
-    assert watch.slashed == []
+    assert list(watch.slashed) == []
 
 
 async def test_a_slash_sent_too_early_is_retried_until_due(
@@ -280,7 +280,7 @@ async def test_a_slash_sent_too_early_is_retried_until_due(
         outcome = await watch.slash(job_id)  # due 1 + 2 s after the job's block
     assert outcome.mined, outcome
     assert [s.enclave_address for s in await devnet.slash_events(job_id)] == [NOBODY]
-    assert watch.slashed == [job_id]
+    assert list(watch.slashed) == [job_id]
 
 
 async def test_cancelling_a_pending_output_withdraws_it_with_a_noop(

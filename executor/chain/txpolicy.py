@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from hexbytes import HexBytes
@@ -21,6 +22,8 @@ from web3.exceptions import (
     TimeExhausted,
     Web3RPCError,
 )
+
+T = TypeVar("T")
 
 BUMP_NUMERATOR, BUMP_DENOMINATOR = 9, 8
 """A replacement pays at least +12.5% on both the tip and the fee cap. Nodes require +10% (geth's
@@ -176,3 +179,19 @@ class NonceBook:
             self._next = nonce
             return True
         return False
+
+
+READ_ATTEMPTS = 4
+
+
+async def retry_transient(read: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """A read retried briefly (4 tries over ~0.6 s) while it fails for transport reasons."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return await read(*args)
+        except Exception as e:
+            last_try = attempt + 1 == READ_ATTEMPTS
+            if last_try or classify_rpc_error(e) is not RpcFailure.TRANSIENT:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")

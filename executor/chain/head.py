@@ -1,0 +1,83 @@
+"""The chain head as the transaction manager sees it: block number, chain time and fees.
+
+One ``eth_getBlockByNumber("latest")`` per poll gives all three; the tip suggestion is refreshed
+once per new block. Sending a transaction then needs no fee lookup: the fees are already known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from web3 import AsyncWeb3
+
+from executor.chain.txpolicy import Fees
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Head:
+    number: int
+    timestamp: int
+    """Unix seconds: the chain time the contracts compare against."""
+    base_fee: int
+    seen_at: float
+    """time.monotonic() when this head was read."""
+
+
+class ChainHead:
+    def __init__(self, w3: AsyncWeb3) -> None:
+        self._w3 = w3
+        self.latest: Head | None = None
+        self._tip = 0
+        self._pending_base_fee = 0
+        self._new_block = asyncio.Event()
+
+    def chain_now(self) -> float:
+        """Estimated chain time: the latest block's timestamp plus the time since it was read
+        (the daemon's clock until a block was read)."""
+        if self.latest is None:
+            return time.time()
+        return self.latest.timestamp + (time.monotonic() - self.latest.seen_at)
+
+    def fees(self) -> Fees:
+        """Fees for a new transaction now: 2 x base fee + tip."""
+        base = max(self.latest.base_fee if self.latest else 0, self._pending_base_fee)
+        return Fees.fresh(base, self._tip)
+
+    async def read(self) -> bool:
+        """Read the latest block; True if it is a new one."""
+        block = await self._w3.eth.get_block("latest")
+        previous = self.latest
+        self.latest = Head(
+            int(block["number"]),
+            int(block["timestamp"]),
+            int(block.get("baseFeePerGas") or 0),
+            time.monotonic(),
+        )
+        if previous is not None and previous.number == self.latest.number:
+            return False
+        self._pending_base_fee = 0
+        try:
+            self._tip = int(await self._w3.eth.max_priority_fee)
+        except Exception as e:
+            logger.debug("eth_maxPriorityFeePerGas failed (%s); keeping tip %d", e, self._tip)
+        self._new_block.set()
+        self._new_block = asyncio.Event()
+        return True
+
+    async def read_pending_base_fee(self) -> None:
+        """The next block's base fee, after a node said a fee cap is below it (it may have been
+        raised for the next block only, before any block shows it)."""
+        block = await self._w3.eth.get_block("pending")
+        self._pending_base_fee = int(block.get("baseFeePerGas") or 0)
+
+    async def wait_for_block(self, timeout_s: float) -> None:
+        """Until a new block is read, or ``timeout_s`` passes."""
+        try:
+            await asyncio.wait_for(self._new_block.wait(), timeout_s)
+        except TimeoutError:
+            pass

@@ -1,0 +1,255 @@
+"""Transactions sent and not yet mined, and what the manager's loop does with them each tick.
+
+Per new block, one ``eth_getTransactionCount(latest)`` per account tells which nonces are mined;
+only those transactions' receipts are read. A pending one is replaced on its nonce when stuck or
+underpriced, sent again when the node forgot it, and withdrawn (a 0-value self-transfer on its
+nonce) when its window closed or its submitter gave up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+from web3.exceptions import TransactionNotFound
+
+from executor.chain.head import ChainHead
+from executor.chain.txpolicy import Fees, RpcFailure, revert_data
+
+logger = logging.getLogger(__name__)
+
+STUCK_BLOCKS = 3
+"""A transaction not mined within this many new blocks is replaced with higher fees."""
+RECHECK_S = 2.0
+"""While no block comes, a pending transaction is looked up in the pool this often."""
+STALL_GRACE_S = 3.0
+"""Without a block past ``valid_until``, a tx is withdrawn this long after its estimated expiry."""
+MISSING_RECEIPT_CHECKS = 3
+"""A mined nonce none of whose attempts has a receipt after this many checks went to a tx this
+process did not send."""
+
+
+class TxStatus(enum.Enum):
+    MINED = "mined"
+    REVERTED = "reverted"
+    """Refused by the contract: at the pre-check (nothing sent) or on chain. See ``revert_data``."""
+    EXPIRED = "expired"
+    """``valid_until`` passed first, or the submitter was cancelled: never sent, or withdrawn."""
+    NO_FUNDS = "no-funds"
+    NO_ACCOUNT = "no-account"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TxOutcome:
+    status: TxStatus
+    nonce: int | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+    revert_data: bytes | None = None
+    detail: str = ""
+
+    @property
+    def mined(self) -> bool:
+        return self.status is TxStatus.MINED
+
+
+@dataclass
+class Attempt:
+    tx_hash: str
+    fees: Fees
+    noop: bool
+
+
+@dataclass
+class Tracked:
+    """One submission: its nonce, and every signed attempt on that nonce."""
+
+    label: str
+    account: LocalAccount
+    nonce: int
+    to: str
+    data: bytes
+    gas: int
+    valid_until: float | None
+    attempts: list[Attempt] = field(default_factory=list)
+    sent_block: int = 0
+    sent_at: float = 0.0
+    waiter: asyncio.Future[TxOutcome] | None = None
+    withdrawing: bool = False
+    missing_receipts: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.account.address, self.nonce)
+
+    @property
+    def last(self) -> Attempt:
+        return self.attempts[-1]
+
+    def resolve(self, outcome: TxOutcome) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(outcome)
+
+
+SendFn = Callable[[Tracked, Fees, bool], Awaitable[tuple[RpcFailure | None, BaseException | None]]]
+"""Sign an attempt on the tracked nonce with these fees (a no-op if True) and broadcast it."""
+
+
+class InFlight:
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        head: ChainHead,
+        *,
+        send: SendFn,
+        on_no_funds: Callable[[LocalAccount], Awaitable[None]],
+        wake: Callable[[], None],
+    ) -> None:
+        self._w3 = w3
+        self._head = head
+        self._send = send
+        self._on_no_funds = on_no_funds
+        self._wake = wake
+        self._txs: dict[tuple[str, int], Tracked] = {}
+        self._checked_block = -1
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tracked: Tracked) -> bool:
+        return self._txs.get(tracked.key) is tracked
+
+    @property
+    def withdrawing(self) -> int:
+        """Transactions already replaced by a no-op."""
+        return sum(1 for t in self._txs.values() if t.attempts and t.last.noop)
+
+    def add(self, tracked: Tracked) -> None:
+        self._txs[tracked.key] = tracked
+        self._wake()
+
+    def withdraw(self, tracked: Tracked, why: str) -> None:
+        """Replace a pending tx by a no-op on its nonce (the loop does it at once)."""
+        if tracked not in self or tracked.withdrawing:
+            return
+        tracked.withdrawing = True
+        logger.info("%s: nonce %d: withdrawing (%s)", tracked.label, tracked.nonce, why)
+        tracked.resolve(TxOutcome(TxStatus.EXPIRED, tracked.nonce, detail=why))
+        self._wake()
+
+    def abandon(self) -> None:
+        """Stop tracking everything (shutdown): waiters learn it."""
+        if self._txs:
+            logger.warning("closing with %d transaction(s) in flight", len(self._txs))
+        for tracked in self._txs.values():
+            tracked.resolve(TxOutcome(TxStatus.FAILED, tracked.nonce, detail="shutting down"))
+        self._txs.clear()
+
+    async def tick(self, new_block: bool) -> None:
+        head = self._head.latest
+        if not self._txs or head is None:
+            return
+        mined: dict[str, int] = {}
+        if new_block or head.number != self._checked_block:
+            for address in {a for a, _ in self._txs}:
+                count = await self._w3.eth.get_transaction_count(address, "latest")  # type: ignore[arg-type]
+                mined[address] = int(count)
+            self._checked_block = head.number
+        for key in sorted(self._txs, key=lambda k: k[1]):  # re-sends go out in nonce order
+            tracked = self._txs.get(key)
+            if tracked is None:
+                continue
+            if key[0] in mined and tracked.nonce < mined[key[0]]:
+                await self._settle(tracked)
+            else:
+                await self._check_pending(tracked)
+
+    async def _settle(self, tracked: Tracked) -> None:
+        """Its nonce is mined: find which attempt landed and tell the submitter."""
+        for attempt in reversed(tracked.attempts):
+            try:
+                receipt = await self._w3.eth.get_transaction_receipt(attempt.tx_hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                continue
+            self._txs.pop(tracked.key, None)
+            block = int(receipt["blockNumber"])
+            where = f"{tracked.label}: nonce {tracked.nonce}: tx {attempt.tx_hash}"
+            if attempt.noop:
+                logger.info("%s (no-op) mined in block %d: nonce consumed", where, block)
+                return
+            if tracked.withdrawing:
+                logger.warning("%s mined in block %d before it could be withdrawn", where, block)
+            if receipt["status"] == 1:
+                outcome = TxOutcome(TxStatus.MINED, tracked.nonce, attempt.tx_hash, block)
+            else:
+                data = await self._replay(tracked, block)
+                outcome = TxOutcome(
+                    TxStatus.REVERTED, tracked.nonce, attempt.tx_hash, block, data, "reverted"
+                )
+            logger.info("%s %s in block %d", where, outcome.status.value, block)
+            tracked.resolve(outcome)
+            return
+        tracked.missing_receipts += 1
+        if tracked.missing_receipts >= MISSING_RECEIPT_CHECKS:
+            self._txs.pop(tracked.key, None)
+            logger.error(
+                "%s: nonce %d was used by a transaction not sent by this process; not delivered",
+                tracked.label,
+                tracked.nonce,
+            )
+            tracked.resolve(TxOutcome(TxStatus.FAILED, tracked.nonce, detail="nonce taken"))
+
+    async def _replay(self, tracked: Tracked, block: int) -> bytes | None:
+        """The revert data of a tx that failed on chain, by calling it again at its block."""
+        call: dict[str, Any] = {"from": tracked.account.address, "to": tracked.to}
+        call["data"] = tracked.data
+        try:
+            await self._w3.eth.call(call, block)  # type: ignore[arg-type]
+        except Exception as e:
+            return revert_data(e)
+        return None
+
+    async def _check_pending(self, tracked: Tracked) -> None:
+        head = self._head.latest
+        assert head is not None
+        last = tracked.last
+        if tracked.valid_until is not None and not tracked.withdrawing:
+            expired = head.timestamp > tracked.valid_until or (
+                self._head.chain_now() > tracked.valid_until + STALL_GRACE_S
+            )
+            if expired:
+                self.withdraw(tracked, f"window closed before tx {last.tx_hash} was mined")
+        if tracked.withdrawing and not last.noop:
+            await self._resend(tracked, noop=True, why="withdraw")
+        elif head.base_fee > last.fees.cap:
+            await self._resend(tracked, noop=last.noop, why="base fee above its fee cap")
+        elif head.number - tracked.sent_block >= STUCK_BLOCKS:
+            await self._resend(tracked, noop=last.noop, why=f"not mined in {STUCK_BLOCKS} blocks")
+        elif time.monotonic() - tracked.sent_at >= RECHECK_S:
+            try:
+                tx = await self._w3.eth.get_transaction(last.tx_hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                await self._resend(tracked, noop=last.noop, why="no longer known to the node")
+                return
+            if tx.get("blockNumber") is not None:
+                await self._settle(tracked)
+            else:
+                tracked.sent_at = time.monotonic()
+
+    async def _resend(self, tracked: Tracked, *, noop: bool, why: str) -> None:
+        """Same nonce, fees >= +12.5% and at least what a new tx would pay now."""
+        fees = tracked.last.fees.replacement(self._head.fees())
+        logger.info("%s: nonce %d: replacing (%s)", tracked.label, tracked.nonce, why)
+        failure, _ = await self._send(tracked, fees, noop)
+        if failure is RpcFailure.INSUFFICIENT_FUNDS:
+            await self._on_no_funds(tracked.account)
+        elif failure is RpcFailure.FEE_BELOW_BASE_FEE:
+            await self._head.read_pending_base_fee()
