@@ -239,6 +239,9 @@ class TimeoutWatch:
                 logger.info("%s: slashed in tx %s (nonce %s)", label, sent.tx_hash, sent.nonce)
                 self.slashed.append(job_id)
                 return sent
+            if sent.status is TxStatus.EXPIRED:
+                logger.warning("%s: still not due after %.0fs; given up", label, SLASH_RETRY_S)
+                return sent
             if sent.status is not TxStatus.REVERTED:
                 logger.error("%s: not slashed (%s): %s", label, sent.status.value, sent.detail)
                 return sent

@@ -307,3 +307,19 @@ async def test_cancelling_a_pending_output_withdraws_it_with_a_noop(
     assert outputs_per_job(txs) == {later: 1}
     noop = txs[0]
     assert (noop["to"], noop["value"], noop["input"]) == (GAS.address, 0, b"")
+
+
+async def test_a_nonce_used_behind_the_managers_back_is_re_read_not_retried_blindly(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    first, second = await new_jobs(devnet, [enclave.address], 2, deadline_ms=30_000)
+    async with manager(w3, anvil.chain_id) as txm:
+        runner = runner_for(txm, enclave, devnet)
+        assert (await submit(runner, devnet, first)).mined
+        # Another process sends with the same key: the manager's next nonce is now taken.
+        taken = await devnet.send_eth(GAS, USER.address, 1)
+        outcome = await submit(runner, devnet, second)
+    assert outcome.mined, outcome
+    assert (
+        outcome.nonce == int((await w3.eth.get_transaction(taken["transactionHash"]))["nonce"]) + 1
+    )
