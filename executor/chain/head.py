@@ -78,6 +78,7 @@ class ChainHead:
     async def wait_for_block(self, timeout_s: float) -> None:
         """Until a new block is read, or ``timeout_s`` passes."""
         try:
-            await asyncio.wait_for(self._new_block.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see TxManager._run
+                await self._new_block.wait()
         except TimeoutError:
             pass

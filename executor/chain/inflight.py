@@ -134,6 +134,7 @@ class InFlight:
 
     def add(self, tracked: Tracked) -> None:
         self._txs[tracked.key] = tracked
+        self._checked_block = -1  # it may be mined in the block the loop read last (automine)
         self._wake()
 
     def withdraw(self, tracked: Tracked, why: str) -> None:

@@ -90,6 +90,7 @@ class TxManager:
             w3, self.head, send=self._send, on_no_funds=self._report_no_funds, wake=self._wake.set
         )
         self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
         self._funds_reported: dict[str, float] = {}
         self.loop_errors = 0
         """Consecutive failed ticks of the background loop (0 when healthy)."""
@@ -127,10 +128,12 @@ class TxManager:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._closing = False
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="tx-manager")
 
     async def close(self) -> None:
+        self._closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -341,7 +344,7 @@ class TxManager:
     # --- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()  # a wake-up during this tick makes the next one start at once
             try:
                 new_block = await self.head.read()
@@ -361,7 +364,10 @@ class TxManager:
                         len(self._inflight),
                     )
             pause = self._poll_s if len(self._inflight) else self._idle_poll_s
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the wake-up fires, and close() would then wait forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
