@@ -1,6 +1,6 @@
 """The executor service: the chain-facing parts wired together, and the admin API's backend.
 
-It owns the operator's injected config (owner, gas key, ws API key), the transaction sender, the
+It owns the operator's injected config (owner, gas key, ws API key), the transaction manager, the
 job runner, the timeout watch and the chain follower, and starts following the chain when the
 signed registration message is requested (PROTOCOL §6).
 """

@@ -20,11 +20,18 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor.chain.code import CodeFetcher
-from executor.chain.jobs_contract import SUBMIT_OUTPUT_SELECTOR, Refusal, classify_revert
+from executor.chain.jobs_contract import (
+    SUBMIT_OUTPUT_SELECTOR,
+    Refusal,
+    classify_revert,
+    sign_output,
+    submit_output_calldata,
+    submit_output_gas_bound,
+)
 from executor.chain.signer import EnclaveKey
 from executor.chain.txs import TxManager, TxOutcome, TxStatus
 from executor.jobs import JobContext, JobRunner, TimeoutWatch
-from executor.outcome import ErrorCode, JobOutcome
+from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from executor.tasks import TaskSet
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
@@ -323,3 +330,16 @@ async def test_a_nonce_used_behind_the_managers_back_is_re_read_not_retried_blin
     assert (
         outcome.nonce == int((await w3.eth.get_transaction(taken["transactionHash"]))["nonce"]) + 1
     )
+
+
+@pytest.mark.parametrize("size", [0, MAX_OUTPUT_BYTES])
+async def test_the_output_gas_bound_covers_what_the_contract_uses(
+    w3: AsyncWeb3[Any], devnet: Devnet, enclave: EnclaveKey, size: int
+) -> None:
+    (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=60_000)
+    now = await devnet.chain_time()
+    output = b"\xff" * size
+    signature = sign_output(enclave, job_id, output, 1, 0, now)
+    data = submit_output_calldata(signature, job_id, output, 1, 0, now)
+    used = await w3.eth.estimate_gas({"from": GAS.address, "to": devnet.jobs_address, "data": data})
+    assert used < submit_output_gas_bound(data)
