@@ -80,7 +80,8 @@ class Tracked:
     gas: int
     valid_until: float | None
     attempts: list[Attempt] = field(default_factory=list)
-    sent_block: int = 0
+    sent_block: int = -1
+    """The head when the last attempt was first checked (-1: not yet)."""
     sent_at: float = 0.0
     waiter: asyncio.Future[TxOutcome] | None = None
     withdrawing: bool = False
@@ -232,6 +233,8 @@ class InFlight:
             await self._resend(tracked, noop=True, why="withdraw")
         elif head.base_fee > last.fees.cap:
             await self._resend(tracked, noop=last.noop, why="base fee above its fee cap")
+        elif tracked.sent_block < 0:
+            tracked.sent_block = head.number
         elif head.number - tracked.sent_block >= STUCK_BLOCKS:
             await self._resend(tracked, noop=last.noop, why=f"not mined in {STUCK_BLOCKS} blocks")
         elif time.monotonic() - tracked.sent_at >= RECHECK_S:

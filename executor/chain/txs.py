@@ -307,7 +307,7 @@ class TxManager:
         signed = Account.sign_transaction(tx, tracked.account.key)
         tx_hash = signed.hash.to_0x_hex()
         tracked.attempts.append(Attempt(tx_hash, fees, noop))
-        tracked.sent_block = self.head.latest.number if self.head.latest else 0
+        tracked.sent_block = -1  # the loop's next head read starts the count of blocks
         tracked.sent_at = time.monotonic()
         error = await self._broadcaster.send(bytes(signed.raw_transaction))
         failure = None if error is None else classify_rpc_error(error)
