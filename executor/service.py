@@ -133,6 +133,8 @@ class ExecutorService:
             logger.info("waiting up to %.0fs for %d running job(s)", grace_s, len(self.executions))
             if not await self.executions.wait(grace_s, interrupt=force):
                 logger.warning("cancelling %d job(s) still running", len(self.executions))
+        # Before the jobs are cancelled: a shutdown leaves their pending outputs in the pool
+        # (they may still land) instead of withdrawing them as a cancellation would.
+        await self.txm.close()
         await self.executions.cancel_all()
         await self._timers.cancel_all()
-        await self.txm.close()

@@ -133,6 +133,8 @@ class TxManager:
             self._loop_task = asyncio.create_task(self._run(), name="tx-manager")
 
     async def close(self) -> None:
+        """Stop the loop; submitters still waiting get FAILED ("shutting down"), and their
+        transactions stay in the pool (they may still land)."""
         self._closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -162,6 +164,9 @@ class TxManager:
         """
         label = f"job {job_id} {kind}"
         account = self._account
+        if self._closing:
+            logger.warning("%s: not sent: shutting down", label)
+            return TxOutcome(TxStatus.FAILED, detail="shutting down")
         if account is None:
             logger.error("%s: not sent: no executor gas key configured yet", label)
             return TxOutcome(TxStatus.NO_ACCOUNT, detail="no gas key")
@@ -184,7 +189,7 @@ class TxManager:
         try:
             refused = await asyncio.shield(send)
         except asyncio.CancelledError:
-            send.add_done_callback(lambda _: self._inflight.withdraw(tracked, "cancelled"))
+            send.add_done_callback(lambda _: self._withdraw(tracked))
             raise
         if refused is not None:
             return refused
@@ -193,8 +198,14 @@ class TxManager:
         try:
             return await asyncio.shield(waiter)
         except asyncio.CancelledError:
-            self._inflight.withdraw(tracked, "cancelled")
+            self._withdraw(tracked)
             raise
+
+    def _withdraw(self, tracked: Tracked) -> None:
+        """The submitter was cancelled (e.g. a reorg removed its job): withdraw the tx, unless
+        the manager is closing (a shutdown leaves pending transactions to land)."""
+        if not self._closing:
+            self._inflight.withdraw(tracked, "cancelled")
 
     async def _precheck(
         self, account: LocalAccount, to: str, data: bytes, label: str, valid_until: float | None
