@@ -2,11 +2,13 @@
 
 ``fail_every[method] = n`` answers every n-th call of ``method`` with HTTP 502 without forwarding
 it; ``lose_answer[method] = k`` forwards the first ``k`` calls of ``method`` but answers them with
-HTTP 502 (the node acted on the call, the client never learns it).
+HTTP 502 (the node acted on the call, the client never learns it); a method in ``hang`` is never
+answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -22,18 +24,25 @@ class FlakyRpcProxy:
         self.upstream = upstream
         self.fail_every: dict[str, int] = {}
         self.lose_answer: dict[str, int] = {}
+        self.hang: set[str] = set()
+        """Methods never answered (the request hangs until the client gives up)."""
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[float, str]] = []
         """(time.perf_counter(), method) of every call, in arrival order."""
         self.failed: Counter[str] = Counter()
         self.url = ""
         self._session: aiohttp.ClientSession | None = None
+        self.released = asyncio.Event()
+        """Set when the proxy stops: hanging requests are answered then."""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         method = str(json.loads(body).get("method", ""))
         self.calls[method] += 1
         self.log.append((time.perf_counter(), method))
+        if method in self.hang:
+            await self.released.wait()
+            return web.Response(status=502, text="hung up (injected)")
         every = self.fail_every.get(method)
         if every and self.calls[method] % every == 0:
             self.failed[method] += 1
@@ -65,4 +74,5 @@ async def running_rpc_proxy(upstream: str) -> AsyncIterator[FlakyRpcProxy]:
         try:
             yield proxy
         finally:
+            proxy.released.set()
             await runner.cleanup()

@@ -343,3 +343,24 @@ async def test_the_output_gas_bound_covers_what_the_contract_uses(
     data = submit_output_calldata(signature, job_id, output, 1, 0, now)
     used = await w3.eth.estimate_gas({"from": GAS.address, "to": devnet.jobs_address, "data": data})
     assert used < submit_output_gas_bound(data)
+
+
+async def test_a_hanging_endpoint_does_not_hold_up_the_broadcast(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=30_000)
+    async with running_rpc_proxy(anvil.http_url) as proxy:
+        proxy.hang = {"eth_sendRawTransaction"}
+        hanging = AsyncWeb3(AsyncHTTPProvider(proxy.url))
+        txm = TxManager(w3, [hanging, w3], anvil.chain_id, poll_s=0.1, idle_poll_s=0.2)
+        txm.set_account(GAS_ACCOUNT)
+        await txm.start()
+        try:
+            outcome = await asyncio.wait_for(
+                submit(runner_for(txm, enclave, devnet), devnet, job_id), 20
+            )
+        finally:
+            await txm.close()  # also abandons the send still waiting on the hanging endpoint
+            await hanging.provider.disconnect()
+    assert outcome.mined
+    assert proxy.calls["eth_sendRawTransaction"] == 1
