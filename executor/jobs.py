@@ -4,7 +4,11 @@
 ``JobOutcome``; failures that the protocol has no error code for are logged and produce no
 submission (the timeout watch of some executor then settles the job). ``TimeoutWatch`` keeps the
 running set: every env-1 job starts a timer, a JobResponded with the full output count completes it,
-and a job still incomplete when its timer fires is slashed.
+and a job still incomplete when its timer fires is slashed by ``Slasher``.
+
+Both send through the ``TxManager``. An output's window is the contract's, in chain time; its gas
+is a bound on the calldata (no estimate on the critical path). A slash is pre-checked, so a job
+already settled by another executor costs nothing and ends at once; only "not due yet" is retried.
 """
 
 from __future__ import annotations
@@ -170,6 +174,46 @@ class JobRunner:
         return sent
 
 
+class Slasher:
+    """Sends ``slashOnExecutionTimeout`` for a job found incomplete when its window closed."""
+
+    def __init__(self, *, txm: TxManager, jobs_contract: str) -> None:
+        self._txm = txm
+        self._jobs_contract = jobs_contract
+
+    async def slash(self, job_id: int) -> TxOutcome:
+        """Slash ``job_id``; retried only while the contract says "not due yet". A job already
+        settled (slashed by another node, or complete) ends at once, at INFO."""
+        label = f"job {job_id} slashOnExecutionTimeout"
+        give_up = self._txm.chain_now() + SLASH_RETRY_S
+        while True:
+            sent = await self._txm.submit(
+                self._jobs_contract,
+                slash_calldata(job_id),
+                kind="slash",
+                job_id=job_id,
+                valid_until=give_up,
+            )
+            if sent.mined:
+                logger.info("%s: slashed in tx %s (nonce %s)", label, sent.tx_hash, sent.nonce)
+                return sent
+            if sent.status is TxStatus.EXPIRED:
+                logger.warning("%s: still not due after %.0fs; given up", label, SLASH_RETRY_S)
+                return sent
+            if sent.status is not TxStatus.REVERTED:
+                logger.error("%s: not slashed (%s): %s", label, sent.status.value, sent.detail)
+                return sent
+            reason = classify_revert(sent.revert_data)
+            if reason.refusal.retryable and self._txm.chain_now() < give_up:
+                await self._txm.wait_for_block(SLASH_RETRY_INTERVAL_S)
+                continue
+            if reason.refusal is Refusal.SETTLED:
+                logger.info("%s: nothing to do: %s", label, reason)
+            else:
+                logger.warning("%s: refused by the contract: %s", label, reason)
+            return sent
+
+
 class TimeoutWatch:
     """The running set: slash every env-1 job that is not complete in time."""
 
@@ -182,8 +226,7 @@ class TimeoutWatch:
         num_selected_executors: int,
         tasks: TaskSet,
     ) -> None:
-        self._txm = txm
-        self._jobs_contract = jobs_contract
+        self._slasher = Slasher(txm=txm, jobs_contract=jobs_contract)
         self._buffer_ms = execution_buffer_time_s * 1000
         self._num_selected = num_selected_executors
         self._tasks = tasks
@@ -223,34 +266,8 @@ class TimeoutWatch:
         await self.slash(job_id)
 
     async def slash(self, job_id: int) -> TxOutcome:
-        """Slash ``job_id``; retried only while the contract says "not due yet". A job already
-        settled (slashed by another node, or complete) ends at once, at INFO."""
-        label = f"job {job_id} slashOnExecutionTimeout"
-        give_up = self._txm.chain_now() + SLASH_RETRY_S
-        while True:
-            sent = await self._txm.submit(
-                self._jobs_contract,
-                slash_calldata(job_id),
-                kind="slash",
-                job_id=job_id,
-                valid_until=give_up,
-            )
-            if sent.mined:
-                logger.info("%s: slashed in tx %s (nonce %s)", label, sent.tx_hash, sent.nonce)
-                self.slashed.append(job_id)
-                return sent
-            if sent.status is TxStatus.EXPIRED:
-                logger.warning("%s: still not due after %.0fs; given up", label, SLASH_RETRY_S)
-                return sent
-            if sent.status is not TxStatus.REVERTED:
-                logger.error("%s: not slashed (%s): %s", label, sent.status.value, sent.detail)
-                return sent
-            reason = classify_revert(sent.revert_data)
-            if reason.refusal.retryable and self._txm.chain_now() < give_up:
-                await self._txm.wait_for_block(SLASH_RETRY_INTERVAL_S)
-                continue
-            if reason.refusal is Refusal.SETTLED:
-                logger.info("%s: nothing to do: %s", label, reason)
-            else:
-                logger.warning("%s: refused by the contract: %s", label, reason)
-            return sent
+        """Send the slash now (see ``Slasher.slash``)."""
+        sent = await self._slasher.slash(job_id)
+        if sent.mined:
+            self.slashed.append(job_id)
+        return sent
