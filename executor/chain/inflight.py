@@ -133,6 +133,10 @@ class InFlight:
         """Transactions already replaced by a no-op."""
         return sum(1 for t in self._txs.values() if t.attempts and t.last.noop)
 
+    def next_nonce(self, address: str) -> int:
+        """The nonce after every tracked one of ``address`` (0 if none)."""
+        return max((n + 1 for a, n in self._txs if a == address), default=0)
+
     def add(self, tracked: Tracked) -> None:
         self._txs[tracked.key] = tracked
         self._checked_block = -1  # it may be mined in the block the loop read last (automine)

@@ -237,7 +237,9 @@ class TxManager:
             for _ in range(SEND_ATTEMPTS):
                 if not book.synced:
                     try:
-                        book.sync(await retry_transient(self._pending_count, account.address))
+                        count = await retry_transient(self._pending_count, account.address)
+                        # never below a tracked tx of this account (its key was rotated back)
+                        book.sync(max(count, self._inflight.next_nonce(account.address)))
                     except Exception as e:
                         logger.error("%s: not sent: cannot read the nonce: %s", tracked.label, e)
                         return TxOutcome(TxStatus.FAILED, detail=f"nonce unknown: {e}")
