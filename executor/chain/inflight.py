@@ -169,14 +169,20 @@ class InFlight:
                 count = await self._w3.eth.get_transaction_count(address, "latest")  # type: ignore[arg-type]
                 mined[address] = int(count)
             self._checked_block = head.number
+        failed: Exception | None = None
         for key in sorted(self._txs, key=lambda k: k[1]):  # re-sends go out in nonce order
             tracked = self._txs.get(key)
             if tracked is None:
                 continue
-            if key[0] in mined and tracked.nonce < mined[key[0]]:
-                await self._settle(tracked)
-            else:
-                await self._check_pending(tracked)
+            try:
+                if key[0] in mined and tracked.nonce < mined[key[0]]:
+                    await self._settle(tracked)
+                else:
+                    await self._check_pending(tracked)
+            except Exception as e:  # one tx's trouble must not stall the others
+                failed = failed or e
+        if failed is not None:
+            raise failed
 
     async def _settle(self, tracked: Tracked) -> None:
         """Its nonce is mined: find which attempt landed and tell the submitter."""
