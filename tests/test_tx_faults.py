@@ -234,7 +234,8 @@ async def test_insufficient_funds_is_one_clear_error_and_consumes_no_nonce(
         ]
         assert len(funds_errors) == 1, funds_errors
         assert poor.address in funds_errors[0] and "balance 0 wei" in funds_errors[0]
-        assert all(r.levelno == logging.ERROR for r in caplog.records if poor.address in r.msg)
+        naming = [r for r in caplog.records if poor.address in r.getMessage()]
+        assert [r.levelno for r in naming] == [logging.ERROR]
 
         await devnet.send_eth(USER, poor.address, 10**18)
         funded = await submit(runner, devnet, jobs[0])
