@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
@@ -37,6 +38,7 @@ class ExecutorService:
         settings: Settings,
         key: EnclaveKey,
         w3: AsyncWeb3,
+        clients: Sequence[AsyncWeb3] = (),
         execute: ExecuteFn,
         job_capacity: int,
         secret_store: SecretStoreClient | None,
@@ -49,6 +51,7 @@ class ExecutorService:
         self.gas_account: LocalAccount | None = None
         self._ws_api_key = ""
         self._w3 = w3
+        self._clients = tuple(clients) or (w3,)
         self.sender = TxSender(w3, settings.common_chain_id)
         self.executions = TaskSet("jobs")
         self._timers = TaskSet("timeouts")
@@ -63,6 +66,9 @@ class ExecutorService:
         )
         self.runner = JobRunner(
             key=key,
+            # MERGE NOTE (trust): CodeFetcher takes ``self._clients`` (one AsyncWeb3 per
+            # endpoint) once it asks endpoints in turn; until then it reads through the
+            # failover ``w3``.
             fetcher=CodeFetcher(w3, settings.code_contract_addr),
             execute=execute,
             sender=self.sender,
