@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import aiohttp
+from eth_typing import HexStr
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.exceptions import BlockNotFound, Web3Exception
@@ -48,6 +49,7 @@ from executor import redact
 from executor.chain.events import (
     ChainEvent,
     EventDecodeError,
+    LogPosition,
     LogRemoved,
     NewHead,
     StreamItem,
@@ -428,9 +430,16 @@ class LogStream:
         if key in self._seen:
             return None
         if pos.block_timestamp is None:
-            event = replace(
-                event, position=replace(pos, block_timestamp=await self._timestamp(pos))
-            )
+            timestamp = await self._timestamp(pos)
+            if timestamp is None:
+                logger.warning(
+                    "%s: dropping a log of block %s, which the node does not know (tx %s)",
+                    self._name,
+                    pos.block_hash or pos.block_number,
+                    pos.tx_hash,
+                )
+                return None
+            event = replace(event, position=replace(pos, block_timestamp=timestamp))
         self._seen[key] = pos.block_number
         self._yielded.setdefault(pos.block_number, []).append(event)
         if pos.block_hash:
@@ -439,11 +448,16 @@ class LogStream:
             self._cursor = pos.block_number
         return event
 
-    async def _timestamp(self, pos: Any) -> int:
+    async def _timestamp(self, pos: LogPosition) -> int | None:
         cached = self._timestamps.get(pos.block_hash)
         if cached is not None:
             return cached
-        block = await self._w3.eth.get_block(pos.block_hash or pos.block_number)
+        try:
+            block = await self._w3.eth.get_block(
+                HexStr(pos.block_hash) if pos.block_hash else pos.block_number
+            )
+        except BlockNotFound:
+            return None
         timestamp = int(block["timestamp"])
         self._remember_timestamp(pos.block_hash, timestamp)
         return timestamp
