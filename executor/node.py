@@ -177,6 +177,12 @@ class TimeoutWatch:
 
 
 @dataclass
+class _Tracked:
+    job: JobCreated
+    task: asyncio.Task[Any] | None = None
+
+
+@dataclass
 class FollowerHealth:
     handled: int = 0
     failures: int = 0
@@ -211,8 +217,8 @@ class ChainFollower:
         self._run_job = run_job
         self._watch = watch
         self._tasks = tasks
-        self._jobs: OrderedDict[JobKey, tuple[int, asyncio.Task[Any] | None]] = OrderedDict()
-        """Jobs seen, by key: (block number, execution task or None), oldest first."""
+        self._jobs: OrderedDict[JobKey, _Tracked] = OrderedDict()
+        """Jobs seen, by key, oldest first."""
         self._current: dict[int, JobKey] = {}
         """The key under which each job id is currently known."""
         self._answered: set[int] = set()
@@ -292,12 +298,12 @@ class ChainFollower:
     def _prune(self) -> None:
         horizon = self._head - JOB_HORIZON_BLOCKS
         while self._jobs:
-            key, (block, _task) = next(iter(self._jobs.items()))
-            if block >= horizon and len(self._jobs) <= MAX_TRACKED_JOBS:
+            key, tracked = next(iter(self._jobs.items()))
+            if tracked.job.position.block_number >= horizon and len(self._jobs) <= MAX_TRACKED_JOBS:
                 break
             self._drop(key)
 
-    def _drop(self, key: JobKey) -> tuple[int, asyncio.Task[Any] | None] | None:
+    def _drop(self, key: JobKey) -> _Tracked | None:
         entry = self._jobs.pop(key, None)
         if self._current.get(key[0]) == key:
             del self._current[key[0]]
@@ -309,7 +315,7 @@ class ChainFollower:
             entry = self._drop(key)
             if entry is None:
                 return
-            _block, task = entry
+            task = entry.task
             self._watch.forget(event.job_id)
             cancelled = task is not None and not task.done()
             if cancelled:
@@ -324,11 +330,16 @@ class ChainFollower:
             )
         elif isinstance(event, JobResponded):
             logger.warning(
-                "job %d: JobResponded of %s reorged out (tx %s)",
+                "job %d: JobResponded of %s reorged out (tx %s): watching its timeout again",
                 event.job_id,
                 event.executor,
                 event.position.tx_hash,
             )
+            # Until the response is mined again the job may be incomplete: if it still is when
+            # due, it is slashed (a needless slash is refused by the contract).
+            current = self._current.get(event.job_id)
+            if current is not None and self.status is NodeStatus.ACTIVE:
+                self._watch_timeout(self._jobs[current].job)
         elif isinstance(event, TeeNodeRegistered) and event.enclave_address == self._enclave:
             logger.warning("our TeeNodeRegistered was reorged out: awaiting registration again")
             self.status = NodeStatus.AWAITING_REGISTRATION
@@ -392,18 +403,14 @@ class ChainFollower:
                 "job %d: a new JobCreated replaces the one in tx %s", event.job_id, previous[2]
             )
             old = self._drop(previous)
-            if old is not None and old[1] is not None:
-                old[1].cancel()
+            if old is not None and old.task is not None:
+                old.task.cancel()
             self._watch.forget(event.job_id)
-        self._jobs[key] = (event.position.block_number, None)
+        tracked = _Tracked(event)
+        self._jobs[key] = tracked
         self._current[event.job_id] = key
         self._prune()
-        self._watch.start(
-            event.job_id,
-            event.deadline_ms,
-            event.position.block_timestamp,
-            selected=len(event.selected_executors),
-        )
+        self._watch_timeout(event)
         if self._enclave not in event.selected_executors:
             logger.debug("job %d: not selected; watching its timeout", event.job_id)
             return
@@ -419,8 +426,15 @@ class ChainFollower:
             )
             return
         logger.info("job %d: selected (tx %s); executing", event.job_id, event.position.tx_hash)
-        task = self._tasks.spawn(self._run_job(event), name=f"job-{event.job_id}")
-        self._jobs[key] = (event.position.block_number, task)
+        tracked.task = self._tasks.spawn(self._run_job(event), name=f"job-{event.job_id}")
+
+    def _watch_timeout(self, job: JobCreated) -> None:
+        self._watch.start(
+            job.job_id,
+            job.deadline_ms,
+            job.position.block_timestamp,
+            selected=len(job.selected_executors),
+        )
 
     def _window_closed(self, job: JobCreated) -> bool:
         # due_in_s is 1 s past the window's close: closed when less than that remains.

@@ -256,3 +256,17 @@ async def test_the_listener_bookkeeping_stays_bounded() -> None:
     assert sizes["yielded_blocks"] <= REORG_WINDOW_BLOCKS + 1
     assert sizes["seen"] <= 2 * (REORG_WINDOW_BLOCKS + 1) + 64
     assert sizes["timestamps"] <= 512
+
+
+async def test_a_reorged_response_puts_the_job_back_in_the_running_set() -> None:
+    h = Harness()
+    created = job(9, 10, selected=(OTHER,))
+    h.follower.handle(created)
+    answer = responded(9, 11)
+    h.follower.handle(answer)
+    assert h.watch.running == frozenset()
+    h.follower.handle(LogRemoved(answer))
+    assert h.watch.running == {9}
+    h.follower.handle(responded(9, 12))  # mined again
+    assert h.watch.running == frozenset()
+    await h.close()
