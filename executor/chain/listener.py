@@ -50,11 +50,12 @@ from executor.chain.events import (
     ChainEvent,
     EventDecodeError,
     LogPosition,
-    LogRemoved,
     NewHead,
     StreamItem,
     decode_log,
 )
+from executor.chain.window import ChainWindow
+from executor.chain.wsmessages import parse_head, parse_log, parse_notification
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,6 @@ FAILURE_BUDGET = 10
 _TIMESTAMP_CACHE = 512
 _MAX_BACKOFF_S = 10.0
 _MAX_ERROR_TEXT = 200
-
-LogKey = tuple[str, str, int]
-"""(block hash, tx hash, log index)"""
 
 
 class _Reconnect(Exception):
@@ -97,11 +95,6 @@ class StreamHealth:
         return {**asdict(self), "healthy": self.healthy}
 
 
-def event_key(event: ChainEvent) -> LogKey:
-    pos = event.position
-    return (pos.block_hash, pos.tx_hash, pos.log_index)
-
-
 class LogStream:
     def __init__(
         self,
@@ -119,17 +112,11 @@ class LogStream:
         self._filter: dict[str, Any] = {"address": list(addresses), "topics": list(topics)}
         self._cursor = from_block
         self._name = name
-        self._window = reorg_window
         self._ids = itertools.count(1)
         self._reconnect = asyncio.Event()
         self._endpoint = 0
         self._current_url = ""
-        self._head = from_block - 1
-        self._hashes: dict[int, str] = {}
-        """Canonical block hashes we know (heads, blocks of yielded logs), within the window."""
-        self._yielded: dict[int, list[ChainEvent]] = {}
-        """Events yielded per block, within the window: what a reorg retracts."""
-        self._seen: dict[LogKey, int] = {}
+        self._window = ChainWindow(reorg_window, head=from_block - 1)
         self._timestamps: OrderedDict[str, int] = OrderedDict()
         self.health = StreamHealth()
 
@@ -139,12 +126,7 @@ class LogStream:
 
     def tracked(self) -> dict[str, int]:
         """Sizes of the per-block and per-log bookkeeping (they stay bounded)."""
-        return {
-            "hashes": len(self._hashes),
-            "yielded_blocks": len(self._yielded),
-            "seen": len(self._seen),
-            "timestamps": len(self._timestamps),
-        }
+        return {**self._window.tracked(), "timestamps": len(self._timestamps)}
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -225,7 +207,7 @@ class LogStream:
                     msg = receive.result()
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         raise aiohttp.ClientConnectionError(f"websocket closed ({msg.type.name})")
-                    sub, result = _notification(msg.data)
+                    sub, result = parse_notification(msg.data)
                     if sub is None:
                         continue
                     if sub == logs_sub:
@@ -270,7 +252,7 @@ class LogStream:
         """After (re)connecting: retract what a reorg removed meanwhile, then backfill."""
         items = await self._reconcile()
         block = await self._w3.eth.get_block("latest")
-        head = _head_of(dict(block))
+        head = parse_head(dict(block))
         if head is None:
             raise Web3Exception("the latest block has no number or hash")
         # The head first: backfilled jobs are then judged against the chain's current clock.
@@ -279,16 +261,14 @@ class LogStream:
         return items
 
     async def _on_head(self, raw: Any) -> list[StreamItem]:
-        head = _head_of(raw) if isinstance(raw, dict) else None
+        head = parse_head(raw) if isinstance(raw, dict) else None
         if head is None:
             logger.warning("%s: ignoring a malformed newHeads notification", self._name)
             return []
         parent = raw.get("parentHash")
-        known = self._hashes.get(head.number)
-        known_parent = self._hashes.get(head.number - 1)
         items: list[StreamItem] = []
-        if (known is not None and known != head.block_hash) or (
-            known_parent is not None and isinstance(parent, str) and known_parent != parent.lower()
+        if self._window.contradicts(head.number, head.block_hash) or self._window.contradicts(
+            head.number - 1, parent.lower() if isinstance(parent, str) else None
         ):
             items += await self._reconcile()
             items += await self._backfill(head.number)
@@ -296,7 +276,7 @@ class LogStream:
         return items
 
     async def _on_log(self, raw: Any) -> list[StreamItem]:
-        log = _normalized_log(raw)
+        log = parse_log(raw)
         if log is None:
             return []
         if log.get("removed"):
@@ -305,63 +285,44 @@ class LogStream:
         if event is None:
             return []
         pos = event.position
-        known = self._hashes.get(pos.block_number)
-        if known is not None and known != pos.block_hash:
+        if self._window.contradicts(pos.block_number, pos.block_hash):
             # The log's block is not the one we know at that height: find out which is canonical.
             items = await self._reconcile()
-            items += await self._backfill(max(self._head, pos.block_number))
+            items += await self._backfill(max(self._window.head, pos.block_number))
             return items
         accepted = await self._accept(event)
         return [accepted] if accepted is not None else []
 
     def _note_head(self, head: NewHead) -> NewHead:
-        self._hashes[head.number] = head.block_hash
+        self._window.note_head(head.number, head.block_hash)
         self._remember_timestamp(head.block_hash, head.timestamp)
-        if head.number > self._head:
-            self._head = head.number
-            self._prune()
-        self.health.last_block = self._head
+        self.health.last_block = self._window.head
         return head
 
     async def _reconcile(self) -> list[StreamItem]:
-        """Compare known hashes with the canonical chain, newest first, down to the fork point;
-        retract every event yielded above it and move the cursor back to re-read those blocks."""
-        fork: int | None = None
-        for number in sorted(self._hashes, reverse=True):
-            if await self._canonical_hash(number) == self._hashes[number]:
-                fork = number
-                break
-        if fork is None and not self._hashes:
+        """Retract every event yielded above the fork point with the canonical chain, and move
+        the cursor back to re-read those blocks."""
+        reorg = await self._window.reconcile(self._canonical_hash)
+        if reorg is None:
             return []
-        if fork is not None and fork == max(self._hashes):
-            return []
-        if fork is None:
-            fork = min(self._hashes) - 1
+        if reorg.deeper_than_window:
             logger.error(
                 "%s: reorg deeper than the %d-block window; re-reading from block %d",
                 self._name,
-                self._window,
-                fork + 1,
+                self._window.size,
+                reorg.fork + 1,
             )
-        items: list[StreamItem] = []
-        for number in sorted((n for n in self._yielded if n > fork), reverse=True):
-            for event in reversed(self._yielded.pop(number)):
-                self._seen.pop(event_key(event), None)
-                items.append(LogRemoved(event))
-        for number in [n for n in self._hashes if n > fork]:
-            del self._hashes[number]
         self.health.reorgs += 1
-        self.health.removed_logs += len(items)
+        self.health.removed_logs += len(reorg.removed)
         logger.warning(
             "%s: reorg above block %d: %d log(s) retracted; re-reading from block %d",
             self._name,
-            fork,
-            len(items),
-            fork + 1,
+            reorg.fork,
+            len(reorg.removed),
+            reorg.fork + 1,
         )
-        self._cursor = min(self._cursor, fork + 1)
-        self._head = fork
-        return items
+        self._cursor = min(self._cursor, reorg.fork + 1)
+        return list(reorg.removed)
 
     async def _canonical_hash(self, number: int) -> str | None:
         try:
@@ -373,23 +334,17 @@ class LogStream:
 
     def _removed_log(self, log: dict[str, Any]) -> list[StreamItem]:
         event = self._decode(log)
-        if event is None:
+        removed = self._window.retract(event) if event is not None else None
+        if removed is None:
             return []
-        key = event_key(event)
-        events = self._yielded.get(event.position.block_number, [])
-        for kept in events:
-            if event_key(kept) == key:
-                events.remove(kept)
-                self._seen.pop(key, None)
-                self.health.removed_logs += 1
-                logger.warning(
-                    "%s: the node retracted a log (tx %s, block %d)",
-                    self._name,
-                    event.position.tx_hash,
-                    event.position.block_number,
-                )
-                return [LogRemoved(kept)]
-        return []
+        self.health.removed_logs += 1
+        logger.warning(
+            "%s: the node retracted a log (tx %s, block %d)",
+            self._name,
+            removed.event.position.tx_hash,
+            removed.event.position.block_number,
+        )
+        return [removed]
 
     async def _backfill(self, head: int) -> list[StreamItem]:
         items: list[StreamItem] = []
@@ -405,8 +360,7 @@ class LogStream:
                 event = self._decode(dict(log))
                 if event is None:
                     continue
-                known = self._hashes.get(event.position.block_number)
-                if known is not None and known != event.position.block_hash:
+                if self._window.contradicts(event.position.block_number, event.position.block_hash):
                     # The chain reorged under us: reconnecting reconciles before reading on.
                     raise _Reconnect()
                 accepted = await self._accept(event)
@@ -426,8 +380,7 @@ class LogStream:
 
     async def _accept(self, event: ChainEvent) -> ChainEvent | None:
         pos = event.position
-        key = event_key(event)
-        if key in self._seen:
+        if self._window.seen(event):
             return None
         if pos.block_timestamp is None:
             timestamp = await self._timestamp(pos)
@@ -440,10 +393,7 @@ class LogStream:
                 )
                 return None
             event = replace(event, position=replace(pos, block_timestamp=timestamp))
-        self._seen[key] = pos.block_number
-        self._yielded.setdefault(pos.block_number, []).append(event)
-        if pos.block_hash:
-            self._hashes.setdefault(pos.block_number, pos.block_hash)
+        self._window.add(event)
         if pos.block_number > self._cursor:
             self._cursor = pos.block_number
         return event
@@ -469,57 +419,6 @@ class LogStream:
         self._timestamps.move_to_end(block_hash)
         while len(self._timestamps) > _TIMESTAMP_CACHE:
             self._timestamps.popitem(last=False)
-
-    def _prune(self) -> None:
-        horizon = self._head - self._window
-        for number in [n for n in self._hashes if n < horizon]:
-            del self._hashes[number]
-        for number in [n for n in self._yielded if n < horizon]:
-            del self._yielded[number]
-        if len(self._seen) > 64:
-            self._seen = {k: b for k, b in self._seen.items() if b >= horizon}
-
-
-def _notification(raw: str) -> tuple[str | None, Any]:
-    """(subscription id, result) of an ``eth_subscription`` message, else (None, None)."""
-    try:
-        msg = json.loads(raw)
-    except json.JSONDecodeError:
-        logger.warning("websocket: ignoring a message that is not JSON")
-        return None, None
-    if not isinstance(msg, dict) or msg.get("method") != "eth_subscription":
-        return None, None
-    params = msg.get("params")
-    if not isinstance(params, dict) or not isinstance(params.get("subscription"), str):
-        logger.warning("websocket: ignoring a malformed subscription message")
-        return None, None
-    return params["subscription"], params.get("result")
-
-
-def _normalized_log(result: Any) -> dict[str, Any] | None:
-    if not isinstance(result, dict):
-        logger.warning("websocket: ignoring a log notification that is not an object")
-        return None
-    try:
-        for key in ("blockNumber", "logIndex"):
-            if isinstance(result.get(key), str):
-                result[key] = int(result[key], 16)
-    except ValueError:
-        logger.warning("websocket: ignoring a log notification with malformed numbers")
-        return None
-    return result
-
-
-def _head_of(raw: dict[str, Any]) -> NewHead | None:
-    try:
-        number, block_hash, timestamp = raw["number"], raw["hash"], raw["timestamp"]
-        return NewHead(
-            number=int(number, 16) if isinstance(number, str) else int(number),
-            block_hash="0x" + bytes(HexBytes(block_hash)).hex(),
-            timestamp=int(timestamp, 16) if isinstance(timestamp, str) else int(timestamp),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def redact_url(url: str) -> str:
