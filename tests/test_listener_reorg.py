@@ -179,3 +179,23 @@ async def test_a_dead_websocket_endpoint_fails_over_to_the_next(
     assert stream.health.failures >= 1 and stream.health.connections >= 1
     assert stream.health.endpoint == anvil.ws_url
     assert stream.health.last_error and "127.0.0.1" in stream.health.last_error
+
+
+async def test_without_new_heads_a_reorg_is_found_from_the_next_log(
+    anvil: AnvilNode, devnet: Devnet
+) -> None:
+    codehash = await devnet.save_code(USER, "x")
+    async with running_ws_proxy(anvil.ws_url, keys={""}) as proxy:
+        proxy.refuse_heads = True
+        stream = job_stream(devnet, [proxy.url], await devnet.w3.eth.block_number + 1)
+        async with collecting(stream) as seen:
+            await asyncio.sleep(0.3)
+            first = await new_job(devnet, codehash, b"old")
+            (old,) = await seen.wait_for(1)
+            await reorg(devnet, 1)
+            assert await new_job(devnet, codehash, b"new") == first
+            items = await seen.wait_for(3)
+    assert proxy.head_subscriptions == []
+    assert items[1] == LogRemoved(old)
+    replacement = items[2]
+    assert isinstance(replacement, JobCreated) and replacement.code_inputs == b"new"

@@ -21,6 +21,8 @@ class WsProxy:
         self.upstream = upstream
         self.keys = keys
         self.down = False
+        self.refuse_heads = False
+        """Answer ``eth_subscribe newHeads`` with an error, as some providers do."""
         self.connections = 0
         self.paths: list[str] = []
         self._live: set[web.WebSocketResponse] = set()
@@ -68,6 +70,11 @@ class WsProxy:
                         request = json.loads(msg.data)
                         if request.get("method") == "eth_subscribe":
                             kind = str((request.get("params") or ["?"])[0])
+                            if kind == "newHeads" and self.refuse_heads:
+                                error = {"code": -32601, "message": "newHeads not supported"}
+                                reply = {"jsonrpc": "2.0", "id": request.get("id"), "error": error}
+                                await client.send_str(json.dumps(reply))
+                                continue
                             self._subscribe_ids[request.get("id")] = kind
                         await upstream.send_str(msg.data)
 

@@ -18,6 +18,8 @@ the one known for its number, or whose parent hash differs from the known parent
 block hash differs from the known one, starts a reconciliation: known hashes are compared with
 the canonical ones from the newest down to the fork point, every yielded event above it is
 retracted, and the new canonical blocks are backfilled. A ``removed: true`` log is honoured too.
+A node that refuses ``newHeads``: the header of each new log's block is read, and a parent hash
+that contradicts the known block below starts the same reconciliation (as does every reconnect).
 Everything per block is kept only for ``reorg_window`` blocks below the head.
 
 Websocket endpoints are tried in order; one that fails moves the stream to the next. The URLs are
@@ -73,6 +75,10 @@ class _Reconnect(Exception):
     """Internal: the connection is to be dropped and re-established."""
 
 
+class _Refused(aiohttp.ClientConnectionError):
+    """Internal: the node refused a subscription."""
+
+
 @dataclass
 class StreamHealth:
     """What the admin API and the metrics report about the stream."""
@@ -118,6 +124,7 @@ class LogStream:
         self._current_url = ""
         self._window = ChainWindow(reorg_window, head=from_block - 1)
         self._timestamps: OrderedDict[str, int] = OrderedDict()
+        self._with_heads = True
         self.health = StreamHealth()
 
     def reconnect(self) -> None:
@@ -181,7 +188,8 @@ class LogStream:
             self._current_url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024
         ) as ws:
             logs_sub = await self._subscribe(ws, ["logs", self._filter])
-            heads_sub = await self._subscribe(ws, ["newHeads"])
+            heads_sub = await self._subscribe_heads(ws)
+            self._with_heads = heads_sub is not None
             self.health.connections += 1
             self.health.endpoint = redact_url(self._current_url)
             logger.info(
@@ -212,7 +220,7 @@ class LogStream:
                         continue
                     if sub == logs_sub:
                         items = await self._on_log(result)
-                    elif sub == heads_sub:
+                    elif heads_sub is not None and sub == heads_sub:
                         items = await self._on_head(result)
                     else:
                         logger.warning("%s: ignoring a foreign subscription message", self._name)
@@ -221,6 +229,15 @@ class LogStream:
                         yield item
             finally:
                 reconnect_wait.cancel()
+
+    async def _subscribe_heads(self, ws: aiohttp.ClientWebSocketResponse) -> str | None:
+        """``newHeads``, if the node offers it: without it, reorgs are still found from the
+        block hashes of logs and at every reconnect, and the clock from the logs' blocks."""
+        try:
+            return await self._subscribe(ws, ["newHeads"])
+        except _Refused as e:
+            logger.warning("%s: %s; following without heads", self._name, e)
+            return None
 
     async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse, params: list[Any]) -> str:
         request_id = next(self._ids)
@@ -241,9 +258,7 @@ class LogStream:
                 if not isinstance(reply, dict) or reply.get("id") != request_id:
                     continue  # a notification of an earlier subscription: backfill covers it
                 if "error" in reply:
-                    raise aiohttp.ClientConnectionError(
-                        f"eth_subscribe {params[0]} refused: {reply['error']}"
-                    )
+                    raise _Refused(f"eth_subscribe {params[0]} refused: {reply['error']}")
                 return str(reply["result"])
 
     # --- chain following -------------------------------------------------------------------------
@@ -285,13 +300,30 @@ class LogStream:
         if event is None:
             return []
         pos = event.position
-        if self._window.contradicts(pos.block_number, pos.block_hash):
-            # The log's block is not the one we know at that height: find out which is canonical.
+        if self._window.contradicts(pos.block_number, pos.block_hash) or (
+            not self._with_heads and await self._new_block_forks(pos)
+        ):
+            # The log's block is not the one we know at that height (or does not descend from
+            # the one we know below it): find out which is canonical.
             items = await self._reconcile()
             items += await self._backfill(max(self._window.head, pos.block_number))
             return items
         accepted = await self._accept(event)
         return [accepted] if accepted is not None else []
+
+    async def _new_block_forks(self, pos: LogPosition) -> bool:
+        """Without newHeads: whether a log's (new) block does not descend from the known one
+        below it. Its header is read once per block; the timestamp is kept."""
+        if not pos.block_hash or self._window.known_hash(pos.block_number) is not None:
+            return False
+        try:
+            block = await self._w3.eth.get_block(HexStr(pos.block_hash))
+        except BlockNotFound:
+            return False  # gone already: the log is dropped when its timestamp is looked up
+        self._remember_timestamp(pos.block_hash, int(block["timestamp"]))
+        parent = block.get("parentHash")
+        parent_hash = "0x" + bytes(HexBytes(parent)).hex() if parent is not None else None
+        return self._window.contradicts(pos.block_number - 1, parent_hash)
 
     def _note_head(self, head: NewHead) -> NewHead:
         self._window.note_head(head.number, head.block_hash)
