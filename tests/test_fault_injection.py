@@ -25,8 +25,8 @@ from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
+from tests.endpoint_proxy import running_http_proxy
 from tests.fault_helpers import lost_and_duplicated, responses_of, submit_output_txs
-from tests.http_proxy import running_http_proxy
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.ws_proxy import WsProxy, running_ws_proxy
 

@@ -11,7 +11,7 @@ from web3.exceptions import ProviderConnectionError, Web3RPCError
 from executor.chain.rpc import FailoverProvider, RpcEndpoints, redact_rpc_url
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.tools import free_port
-from tests.http_proxy import HttpProxy, running_http_proxy
+from tests.endpoint_proxy import HttpProxy, running_http_proxy
 
 API_KEY = "k3yK3yK3yK3yK3yK3yK3y"
 
