@@ -96,6 +96,7 @@ class ChainClock:
 class TimeoutWatch:
     """The running set: slash every env-1 job that is not complete when the chain allows.
 
+    ``slash(job_id)`` sends the slash (``executor.jobs``) and says whether it was mined.
     A job is due at ``block_timestamp*1000 + deadline_ms + buffer_s*1000 + 1000`` ms of chain
     time (docs/protocol.md §2-3), so a job backfilled after an outage is slashed as soon as the
     chain allows, not a full window after it was seen.
@@ -104,7 +105,7 @@ class TimeoutWatch:
     def __init__(
         self,
         *,
-        slash: Callable[[int], Awaitable[object]],
+        slash: Callable[[int], Awaitable[bool]],
         execution_buffer_time_s: int,
         num_selected_executors: int,
         tasks: TaskSet,
@@ -169,11 +170,12 @@ class TimeoutWatch:
         self._needed.pop(job_id, None)
         await self.slash(job_id)
 
-    async def slash(self, job_id: int) -> object:
-        sent = await self._slash(job_id)
-        if sent is not None:
+    async def slash(self, job_id: int) -> bool:
+        """Send the slash now; True when this node's slash was mined."""
+        slashed = await self._slash(job_id)
+        if slashed:
             self.slashed.append(job_id)
-        return sent
+        return slashed
 
 
 @dataclass

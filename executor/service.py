@@ -68,8 +68,9 @@ class ExecutorService:
         self._timers = TaskSet("timeouts")
         self._following = TaskSet("follow")
         self._stream: LogStream | None = None
+        self._slasher = Slasher(sender=self.sender, jobs_contract=settings.jobs_contract_addr)
         self.watch = TimeoutWatch(
-            slash=Slasher(sender=self.sender, jobs_contract=settings.jobs_contract_addr).slash,
+            slash=self._slash,
             execution_buffer_time_s=settings.execution_buffer_time,
             num_selected_executors=settings.num_selected_executors,
             tasks=self._timers,
@@ -174,6 +175,9 @@ class ExecutorService:
         elif isinstance(last, TeeNodeDrained):
             return NodeStatus.DRAINED
         return NodeStatus.AWAITING_REGISTRATION
+
+    async def _slash(self, job_id: int) -> bool:
+        return await self._slasher.slash(job_id) is not None
 
     # --- jobs and health -------------------------------------------------------------------------
 

@@ -79,9 +79,9 @@ class Harness:
         self.timers = TaskSet("timers")
         self.clock = ChainClock(FakeMonotonic())
 
-        async def slash(job_id: int) -> object:
+        async def slash(job_id: int) -> bool:
             self.slashed.append(job_id)
-            return "tx"
+            return True
 
         self.watch = TimeoutWatch(
             slash=slash,
