@@ -21,6 +21,8 @@ class HttpProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.mode = "ok"
+        self.max_log_range: int | None = None
+        """Refuse ``eth_getLogs`` over more blocks than this, as hosted RPCs do."""
         self.requests: Counter[str] = Counter()
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -35,6 +37,15 @@ class HttpProxy:
         except (ValueError, KeyError, TypeError):
             methods = ["?"]
         self.requests.update(methods)
+        if self.max_log_range is not None and methods == ["eth_getLogs"]:
+            query = parsed["params"][0]
+            span = int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1
+            if span > self.max_log_range:
+                error = {
+                    "code": -32600,
+                    "message": f"block range too large (max {self.max_log_range})",
+                }
+                return web.json_response({"jsonrpc": "2.0", "id": parsed["id"], "error": error})
         if self.mode == "error500":
             return web.Response(status=500, text="upstream exploded")
         if self.mode == "hang":

@@ -10,11 +10,11 @@ registration that will never come again (docs/restart.md).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from web3 import AsyncWeb3
+from web3.exceptions import Web3RPCError
 
 from executor.chain.events import (
     NODE_EVENTS,
@@ -23,6 +23,7 @@ from executor.chain.events import (
     JobResponded,
     decode_log,
 )
+from executor.errors import ChainError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ NODE_LOOKBACK_BLOCKS = 1_000_000
 """How far back the latest TeeManager event of this enclave is searched for."""
 JOB_LOOKBACK_BLOCKS = 1_000
 """How far back jobs are re-read (and answered ones recognised) after a restart."""
-SCAN_CHUNK_BLOCKS = 10_000
+MAX_SCAN_REQUESTS = 256
+"""A bound on the eth_getLogs calls of one read (ranges are halved when a node refuses them)."""
 
 
 @dataclass(frozen=True)
@@ -55,46 +57,70 @@ async def read_node_record(
     node_lookback: int = NODE_LOOKBACK_BLOCKS,
     job_lookback: int = JOB_LOOKBACK_BLOCKS,
 ) -> NodeRecord:
+    scan = _Scan(w3)
     node_topics = ["0x" + e.topic0().hex() for e in NODE_EVENTS]
-    last = await _latest(
-        w3,
-        {"address": tee_manager, "topics": [node_topics, _topic(enclave)]},
-        head=head,
-        floor=max(0, head - node_lookback),
-    )
-    responded = await _logs(
-        w3,
+    try:
+        last = await scan.latest(
+            {"address": tee_manager, "topics": [node_topics, _topic(enclave)]},
+            max(0, head - node_lookback),
+            head,
+        )
+    except _ScanBudgetExhausted as e:
+        logger.warning("%s: taken as never registered (register, or check the RPC)", e)
+        last = None
+    responded = await scan.logs(
         {
             "address": jobs_contract,
             "topics": ["0x" + JobResponded.topic0().hex(), None, _topic(enclave)],
         },
-        start=max(0, head - job_lookback),
-        end=head,
+        max(0, head - job_lookback),
+        head,
     )
     answered = frozenset(e.job_id for e in responded if isinstance(e, JobResponded))
     return NodeRecord(last, answered)
 
 
-async def _latest(
-    w3: AsyncWeb3, query: dict[str, Any], *, head: int, floor: int
-) -> ChainEvent | None:
-    end = head
-    while end >= floor:
-        start = max(floor, end - SCAN_CHUNK_BLOCKS + 1)
-        events = await _logs(w3, query, start=start, end=end)
-        if events:
-            return events[-1]
-        end = start - 1
-    return None
+class _ScanBudgetExhausted(ChainError):
+    pass
 
 
-async def _logs(
-    w3: AsyncWeb3, query: dict[str, Any], *, start: int, end: int
-) -> Sequence[ChainEvent]:
-    events: list[ChainEvent] = []
-    while start <= end:
-        stop = min(end, start + SCAN_CHUNK_BLOCKS - 1)
-        logs = await w3.eth.get_logs({**query, "fromBlock": start, "toBlock": stop})  # type: ignore[typeddict-item]
+class _Scan:
+    """``eth_getLogs`` over a range, split in halves when the node refuses it (hosted RPCs cap
+    the block range); the filters match a handful of logs, so most nodes answer at once."""
+
+    def __init__(self, w3: AsyncWeb3) -> None:
+        self._w3 = w3
+        self._requests = 0
+
+    async def latest(self, query: dict[str, Any], start: int, end: int) -> ChainEvent | None:
+        """The newest matching event in [start, end]: newer halves are searched first."""
+        try:
+            events = await self._query(query, start, end)
+        except Web3RPCError:
+            if start >= end:
+                raise
+            mid = (start + end) // 2
+            return await self.latest(query, mid + 1, end) or await self.latest(query, start, mid)
+        return events[-1] if events else None
+
+    async def logs(self, query: dict[str, Any], start: int, end: int) -> list[ChainEvent]:
+        try:
+            return await self._query(query, start, end)
+        except Web3RPCError:
+            if start >= end:
+                raise
+            mid = (start + end) // 2
+            return await self.logs(query, start, mid) + await self.logs(query, mid + 1, end)
+
+    async def _query(self, query: dict[str, Any], start: int, end: int) -> list[ChainEvent]:
+        self._requests += 1
+        if self._requests > MAX_SCAN_REQUESTS:
+            raise _ScanBudgetExhausted(
+                f"no TeeManager event of this enclave found within {MAX_SCAN_REQUESTS} "
+                "eth_getLogs calls"
+            )
+        logs = await self._w3.eth.get_logs({**query, "fromBlock": start, "toBlock": end})  # type: ignore[typeddict-item]
+        events: list[ChainEvent] = []
         for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
             try:
                 event = decode_log(dict(log))
@@ -103,5 +129,4 @@ async def _logs(
                 continue
             if event is not None:
                 events.append(event)
-        start = stop + 1
-    return events
+        return events
