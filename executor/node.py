@@ -51,6 +51,10 @@ JOB_HORIZON_BLOCKS = 1024
 MAX_TRACKED_JOBS = 4096
 """A size bound on top of the block horizon (the oldest job keys are dropped first)."""
 MAX_SLASHED_KEPT = 256
+MAX_TIMERS = 8192
+"""At most this many jobs are under the timeout watch at once."""
+MAX_TIMEOUT_DELAY_S = 7 * 24 * 3600.0
+"""A job due later than this (a deadline of weeks) is left to other nodes' watches."""
 HANDLER_FAILURE_BUDGET = 10
 
 JobKey = tuple[int, str, str]
@@ -143,6 +147,16 @@ class TimeoutWatch:
         if job_id in self._timers:
             return
         delay_s = self.due_in_s(deadline_ms, block_timestamp)
+        if delay_s > MAX_TIMEOUT_DELAY_S or len(self._timers) >= MAX_TIMERS:
+            # A deadline of years, or a flood of jobs: other nodes still watch them; this one
+            # keeps its memory bounded.
+            logger.warning(
+                "job %d: timeout not watched (due in %.0fs, %d jobs watched)",
+                job_id,
+                delay_s,
+                len(self._timers),
+            )
+            return
         self._needed[job_id] = min(selected or self._num_selected, self._num_selected)
         self._timers[job_id] = self._tasks.spawn(
             self._fire_after(job_id, delay_s), name=f"timeout-{job_id}"

@@ -11,6 +11,7 @@ from executor.chain.events import JobCreated, JobResponded, LogPosition, LogRemo
 from executor.chain.listener import REORG_WINDOW_BLOCKS, LogStream
 from executor.node import (
     JOB_HORIZON_BLOCKS,
+    MAX_TIMERS,
     MAX_TRACKED_JOBS,
     ChainClock,
     ChainFollower,
@@ -269,4 +270,15 @@ async def test_a_reorged_response_puts_the_job_back_in_the_running_set() -> None
     assert h.watch.running == {9}
     h.follower.handle(responded(9, 12))  # mined again
     assert h.watch.running == frozenset()
+    await h.close()
+
+
+async def test_the_timeout_watch_itself_is_bounded() -> None:
+    h = Harness()
+    h.clock.observe(10_000)
+    h.watch.start(1, 10**30, 10_000)  # a deadline of 10^30 ms: never watched
+    assert h.watch.running == frozenset()
+    for job_id in range(2, MAX_TIMERS + 10):
+        h.watch.start(job_id, 60_000, 10_000)
+    assert len(h.watch.running) == MAX_TIMERS
     await h.close()
