@@ -21,6 +21,8 @@ class HttpProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.mode = "ok"
+        self.strip_block_timestamps = False
+        """Drop ``blockTimestamp`` from ``eth_getLogs`` results, as older nodes answer."""
         self.max_log_range: int | None = None
         """Refuse ``eth_getLogs`` over more blocks than this, as hosted RPCs do."""
         self.requests: Counter[str] = Counter()
@@ -56,9 +58,13 @@ class HttpProxy:
         async with self._session.post(
             self.upstream, data=body, headers={"Content-Type": "application/json"}
         ) as upstream:
-            return web.Response(
-                status=upstream.status, body=await upstream.read(), content_type="application/json"
-            )
+            answer = await upstream.read()
+        if self.strip_block_timestamps and methods == ["eth_getLogs"]:
+            reply = json.loads(answer)
+            for log in reply.get("result") or []:
+                log.pop("blockTimestamp", None)
+            answer = json.dumps(reply).encode()
+        return web.Response(status=upstream.status, body=answer, content_type="application/json")
 
     async def stop(self) -> None:
         """Stop listening: every later request is refused (connection refused)."""

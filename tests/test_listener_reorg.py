@@ -19,10 +19,12 @@ from executor.chain.events import (
     StreamItem,
 )
 from executor.chain.listener import LogStream
+from executor.chain.rpc import RpcEndpoints
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.tools import free_port
+from tests.endpoint_proxy import running_http_proxy
 from tests.ws_proxy import running_ws_proxy
 
 USER = DEV_ACCOUNTS[3]
@@ -199,3 +201,35 @@ async def test_without_new_heads_a_reorg_is_found_from_the_next_log(
     assert items[1] == LogRemoved(old)
     replacement = items[2]
     assert isinstance(replacement, JobCreated) and replacement.code_inputs == b"new"
+
+
+async def test_block_timestamps_are_fetched_when_the_node_omits_them(
+    anvil: AnvilNode, devnet: Devnet
+) -> None:
+    codehash = await devnet.save_code(USER, "x")
+    backfilled = await new_job(devnet, codehash, b"before")
+    async with (
+        running_ws_proxy(anvil.ws_url, keys={""}) as ws,
+        running_http_proxy(anvil.http_url) as http,
+    ):
+        ws.strip_block_timestamps = http.strip_block_timestamps = True
+        rpc = RpcEndpoints([http.url])
+        try:
+            stream = LogStream(
+                ws_urls=lambda: [ws.url],
+                w3=rpc.w3,
+                addresses=[devnet.jobs_address],
+                topics=[["0x" + e.topic0().hex() for e in JOB_EVENTS]],
+                from_block=await devnet.w3.eth.block_number,
+            )
+            async with collecting(stream) as seen:
+                await seen.wait_for(1)
+                streamed = await new_job(devnet, codehash, b"after")
+                items = await seen.wait_for(2)
+        finally:
+            await rpc.close()
+    assert http.requests["eth_getBlockByHash"] >= 1
+    for item, job_id in zip(items, [backfilled, streamed], strict=True):
+        assert isinstance(item, JobCreated) and item.job_id == job_id
+        block = await devnet.w3.eth.get_block(item.position.block_number)
+        assert item.position.block_timestamp == block["timestamp"]

@@ -22,6 +22,8 @@ class WsProxy:
         self.keys = keys
         self.down = False
         self.refuse_heads = False
+        self.strip_block_timestamps = False
+        """Drop ``blockTimestamp`` from log notifications, as older nodes send them."""
         """Answer ``eth_subscribe newHeads`` with an error, as some providers do."""
         self.connections = 0
         self.paths: list[str] = []
@@ -86,6 +88,11 @@ class WsProxy:
                         if kind is not None and "result" in reply:
                             subs = self.subscriptions if kind == "logs" else self.head_subscriptions
                             subs.append(reply["result"])
+                        result = (reply.get("params") or {}).get("result")
+                        if self.strip_block_timestamps and isinstance(result, dict):
+                            result.pop("blockTimestamp", None)
+                            await client.send_str(json.dumps(reply))
+                            continue
                         await client.send_str(msg.data)
 
             tasks = [asyncio.ensure_future(pump_up()), asyncio.ensure_future(pump_down())]
