@@ -15,12 +15,12 @@ from pathlib import Path
 from types import TracebackType
 
 from aiohttp import web
-from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor import redact
 from executor.admin.app import build_admin_app
 from executor.admin.secret_store import SecretStoreClient
 from executor.admin.sites import ListenAddress, VsockSite
+from executor.chain.rpc import RpcEndpoints
 from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
@@ -99,8 +99,10 @@ class Daemon:
             pool=pool,
         )
 
-        w3 = AsyncWeb3(AsyncHTTPProvider(s.http_rpc_urls[0]))
-        self._stack.push_async_callback(w3.provider.disconnect)
+        # Reads fail over across every http_rpc_url; one client per endpoint for the code
+        # fetcher and for broadcasting raw transactions.
+        rpc = RpcEndpoints(s.http_rpc_urls)
+        self._stack.push_async_callback(rpc.close)
         store = (
             SecretStoreClient(s.secret_store_config_port) if s.secret_store_config_port else None
         )
@@ -110,7 +112,8 @@ class Daemon:
         service = ExecutorService(
             settings=s,
             key=key,
-            w3=w3,
+            w3=rpc.w3,
+            clients=rpc.clients,
             execute=sandbox.execute,
             job_capacity=job_capacity,
             secret_store=store,

@@ -1,10 +1,9 @@
-"""One job from its JobCreated event to a signed output on chain, and the timeout watch.
+"""One job from its JobCreated event to a signed output on chain, and the slash of a late one.
 
 ``JobRunner.run`` fetches the code, executes it in the sandbox and submits exactly one signed
 ``JobOutcome``; failures that the protocol has no error code for are logged and produce no
-submission (the timeout watch of some executor then settles the job). ``TimeoutWatch`` keeps the
-running set: every env-1 job starts a timer, a JobResponded with the full output count completes it,
-and a job still incomplete when its timer fires is slashed by ``Slasher``.
+submission (the timeout watch of some executor then settles the job). ``Slasher`` sends the slash of
+a job that the timeout watch (``executor.node``) found incomplete when its window closed.
 
 Both send through the ``TxManager``. An output's window is the contract's, in chain time; its gas
 is a bound on the calldata (no estimate on the critical path). A slash is pre-checked, so a job
@@ -13,11 +12,9 @@ already settled by another executor costs nothing and ends at once; only "not du
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,7 +32,6 @@ from executor.chain.signer import EnclaveKey
 from executor.chain.txs import TxManager, TxOutcome, TxStatus
 from executor.errors import ChainError, SandboxError
 from executor.outcome import ErrorCode, JobOutcome
-from executor.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
 
@@ -212,62 +208,3 @@ class Slasher:
             else:
                 logger.warning("%s: refused by the contract: %s", label, reason)
             return sent
-
-
-class TimeoutWatch:
-    """The running set: slash every env-1 job that is not complete in time."""
-
-    def __init__(
-        self,
-        *,
-        txm: TxManager,
-        jobs_contract: str,
-        execution_buffer_time_s: int,
-        num_selected_executors: int,
-        tasks: TaskSet,
-    ) -> None:
-        self._slasher = Slasher(txm=txm, jobs_contract=jobs_contract)
-        self._buffer_ms = execution_buffer_time_s * 1000
-        self._num_selected = num_selected_executors
-        self._tasks = tasks
-        self._timers: dict[int, asyncio.Task[None]] = {}
-        self.slashed: deque[int] = deque(maxlen=SLASHED_KEPT)
-        """The latest jobs this node slashed (bounded)."""
-
-    @property
-    def running(self) -> frozenset[int]:
-        return frozenset(self._timers)
-
-    def start(self, job_id: int, deadline_ms: int) -> None:
-        if job_id in self._timers:
-            return
-        delay_s = (deadline_ms + self._buffer_ms + 1000) / 1000
-        self._timers[job_id] = self._tasks.spawn(
-            self._fire_after(job_id, delay_s), name=f"timeout-{job_id}"
-        )
-
-    def responded(self, job_id: int, output_count: int) -> None:
-        if output_count >= self._num_selected:
-            self._forget(job_id)
-
-    def clear(self) -> None:
-        """Forget every running job (the node was drained)."""
-        for job_id in list(self._timers):
-            self._forget(job_id)
-
-    def _forget(self, job_id: int) -> None:
-        timer = self._timers.pop(job_id, None)
-        if timer is not None and timer is not asyncio.current_task():
-            timer.cancel()
-
-    async def _fire_after(self, job_id: int, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        self._timers.pop(job_id, None)
-        await self.slash(job_id)
-
-    async def slash(self, job_id: int) -> TxOutcome:
-        """Send the slash now (see ``Slasher.slash``)."""
-        sent = await self._slasher.slash(job_id)
-        if sent.mined:
-            self.slashed.append(job_id)
-        return sent

@@ -1,41 +1,68 @@
-"""The node's on-chain life: follow its registration state and dispatch job events.
+"""The node's on-chain life: follow its registration state, dispatch job events, watch timeouts.
 
-``ChainFollower.follow`` consumes one ordered event stream (TeeManager node events + Jobs events)
-and reacts as PROTOCOL §3 says:
+``ChainFollower.follow`` consumes one ordered stream (TeeManager node events + Jobs events, reorg
+retractions and heads, see ``executor.chain.listener``) and reacts as docs/protocol.md §3 says:
 
 * ``TeeNodeRegistered`` for this enclave and its owner: start handling jobs;
 * ``TeeNodeDrained``: stop taking new jobs and forget the running set; ``TeeNodeRevived``: resume;
 * ``TeeNodeDeregistered``: stop following (a new registration message starts again);
 * ``JobCreated`` (env 1, while active): start the timeout watch; execute when selected;
-* ``JobResponded``: complete the job once every selected executor answered.
+* ``JobResponded``: complete the job once every selected executor answered;
+* ``LogRemoved`` of a JobCreated (a reorg): forget that job: its timer and execution are
+  cancelled; the job that takes its id in the new chain arrives as a JobCreated of its own;
+* ``NewHead``: the chain's clock and the horizon below which job bookkeeping is dropped.
 
+A job is known by (job id, block hash, tx hash): the same id can come back with new content.
 Handlers never block: executions run as tasks, so a slow job never delays the stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine
 from contextlib import aclosing
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from executor.chain.events import (
     ChainEvent,
     JobCreated,
     JobResponded,
+    LogRemoved,
+    NewHead,
+    StreamItem,
     TeeNodeDeregistered,
     TeeNodeDrained,
     TeeNodeRegistered,
     TeeNodeRevived,
 )
-from executor.jobs import TimeoutWatch
 from executor.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
 
 EXECUTOR_ENV = 1
-"""The execution environment id of this executor (PROTOCOL §3)."""
+"""The execution environment id of this executor (docs/protocol.md §3)."""
+JOB_HORIZON_BLOCKS = 1024
+"""Jobs created this many blocks below the head are dropped from the follower's bookkeeping."""
+MAX_TRACKED_JOBS = 4096
+"""A size bound on top of the block horizon (the oldest job keys are dropped first)."""
+MAX_SLASHED_KEPT = 256
+MAX_TIMERS = 8192
+"""At most this many jobs are under the timeout watch at once."""
+MAX_TIMEOUT_DELAY_S = 7 * 24 * 3600.0
+"""A job due later than this (a deadline of weeks) is left to other nodes' watches."""
+HANDLER_FAILURE_BUDGET = 10
+
+JobKey = tuple[int, str, str]
+"""(job id, block hash, tx hash)"""
+
+
+def job_key(job: JobCreated) -> JobKey:
+    return (job.job_id, job.position.block_hash, job.position.tx_hash)
 
 
 class NodeStatus(enum.Enum):
@@ -43,6 +70,148 @@ class NodeStatus(enum.Enum):
     AWAITING_REGISTRATION = "awaiting-registration"
     ACTIVE = "active"
     DRAINED = "drained"
+
+
+class ChainClock:
+    """Chain time in ms: the newest block timestamp seen, advanced by the monotonic clock.
+
+    Blocks can be seconds apart (or, on an idle devnet, minutes): between them the chain's next
+    timestamp is what the monotonic clock says has elapsed since the newest one was seen.
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._anchor_ms: float | None = None
+        self._anchored_at = 0.0
+
+    def observe(self, timestamp_s: int) -> None:
+        ms = timestamp_s * 1000.0
+        now = self.now_ms()
+        if now is None or ms > now:
+            self._anchor_ms = ms
+            self._anchored_at = self._monotonic()
+
+    def now_ms(self) -> float | None:
+        if self._anchor_ms is None:
+            return None
+        return self._anchor_ms + (self._monotonic() - self._anchored_at) * 1000.0
+
+
+class TimeoutWatch:
+    """The running set: slash every env-1 job that is not complete when the chain allows.
+
+    ``slash(job_id)`` sends the slash (``executor.jobs``) and says whether it was mined.
+    A job is due at ``block_timestamp*1000 + deadline_ms + buffer_s*1000 + 1000`` ms of chain
+    time (docs/protocol.md §2-3), so a job backfilled after an outage is slashed as soon as the
+    chain allows, not a full window after it was seen.
+    """
+
+    def __init__(
+        self,
+        *,
+        slash: Callable[[int], Awaitable[bool]],
+        execution_buffer_time_s: int,
+        num_selected_executors: int,
+        tasks: TaskSet,
+        clock: ChainClock | None = None,
+    ) -> None:
+        self._slash = slash
+        self._buffer_ms = execution_buffer_time_s * 1000
+        self._num_selected = num_selected_executors
+        self._tasks = tasks
+        self.clock = clock or ChainClock()
+        self._timers: dict[int, asyncio.Task[None]] = {}
+        self._needed: dict[int, int] = {}
+        self.slashed: deque[int] = deque(maxlen=MAX_SLASHED_KEPT)
+        """The latest job ids this node slashed (bounded)."""
+
+    @property
+    def running(self) -> frozenset[int]:
+        return frozenset(self._timers)
+
+    def due_in_s(self, deadline_ms: int, block_timestamp: int | None) -> float:
+        """Seconds until a job's slash is due (0 when it already is)."""
+        window_ms = deadline_ms + self._buffer_ms + 1000
+        now = self.clock.now_ms()
+        if block_timestamp is None or now is None:
+            return window_ms / 1000
+        return max(0.0, (block_timestamp * 1000 + window_ms - now) / 1000)
+
+    def start(
+        self,
+        job_id: int,
+        deadline_ms: int,
+        block_timestamp: int | None = None,
+        selected: int | None = None,
+    ) -> None:
+        if job_id in self._timers:
+            return
+        delay_s = self.due_in_s(deadline_ms, block_timestamp)
+        if delay_s > MAX_TIMEOUT_DELAY_S or len(self._timers) >= MAX_TIMERS:
+            # A deadline of years, or a flood of jobs: other nodes still watch them; this one
+            # keeps its memory bounded.
+            logger.warning(
+                "job %d: timeout not watched (due in %.0fs, %d jobs watched)",
+                job_id,
+                delay_s,
+                len(self._timers),
+            )
+            return
+        self._needed[job_id] = min(selected or self._num_selected, self._num_selected)
+        self._timers[job_id] = self._tasks.spawn(
+            self._fire_after(job_id, delay_s), name=f"timeout-{job_id}"
+        )
+
+    def responded(self, job_id: int, output_count: int) -> None:
+        if output_count >= self._needed.get(job_id, self._num_selected):
+            self.forget(job_id)
+
+    def forget(self, job_id: int) -> None:
+        """Stop watching ``job_id`` (complete, or its JobCreated was reorged out)."""
+        self._needed.pop(job_id, None)
+        timer = self._timers.pop(job_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    def clear(self) -> None:
+        """Forget every running job (the node was drained or deregistered)."""
+        for job_id in list(self._timers):
+            self.forget(job_id)
+
+    async def _fire_after(self, job_id: int, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._timers.pop(job_id, None)
+        self._needed.pop(job_id, None)
+        await self.slash(job_id)
+
+    async def slash(self, job_id: int) -> bool:
+        """Send the slash now; True when this node's slash was mined."""
+        slashed = await self._slash(job_id)
+        if slashed:
+            self.slashed.append(job_id)
+        return slashed
+
+
+@dataclass
+class _Tracked:
+    job: JobCreated
+    task: asyncio.Task[Any] | None = None
+
+
+@dataclass
+class FollowerHealth:
+    handled: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    head: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.consecutive_failures < HANDLER_FAILURE_BUDGET
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy}
 
 
 class ChainFollower:
@@ -64,34 +233,135 @@ class ChainFollower:
         self._run_job = run_job
         self._watch = watch
         self._tasks = tasks
-        self._seen_jobs: set[int] = set()
+        self._jobs: OrderedDict[JobKey, _Tracked] = OrderedDict()
+        """Jobs seen, by key, oldest first."""
+        self._current: dict[int, JobKey] = {}
+        """The key under which each job id is currently known."""
+        self._answered: set[int] = set()
+        """Job ids this enclave answered before a restart (never executed again)."""
+        self._head = 0
+        self.health = FollowerHealth()
         self.status = NodeStatus.IDLE
         self.accepting = True
         """False once the daemon is shutting down: no new executions start."""
 
-    async def follow(self, events: AsyncGenerator[ChainEvent, None]) -> None:
+    def resume(self, status: NodeStatus, answered: Collection[int] = ()) -> None:
+        """Start from a state read from the chain (a restarted daemon, see docs/restart.md)."""
+        self.status = status
+        self._answered = set(answered)
+
+    def tracked(self) -> dict[str, int]:
+        """Sizes of the per-job bookkeeping (they stay bounded)."""
+        return {
+            "jobs": len(self._jobs),
+            "current": len(self._current),
+            "answered": len(self._answered),
+            "timers": len(self._watch.running),
+        }
+
+    async def follow(self, events: AsyncGenerator[StreamItem, None]) -> None:
         """Consume ``events`` until the node is deregistered (or the task is cancelled)."""
-        self.status = NodeStatus.AWAITING_REGISTRATION
-        logger.info("waiting for TeeNodeRegistered of enclave %s", self._enclave)
+        if self.status is NodeStatus.IDLE:
+            self.status = NodeStatus.AWAITING_REGISTRATION
+        logger.info("following the chain for enclave %s (%s)", self._enclave, self.status.value)
         try:
             async with aclosing(events) as stream:
                 async for event in stream:
-                    try:
-                        self.handle(event)
-                    except Exception:  # a bug must not stop the node from following the chain
-                        logger.exception("failed to handle %s", event)
+                    self._handle_counted(event)
                     if self.status is NodeStatus.IDLE:
                         return
         finally:
             self.status = NodeStatus.IDLE
 
-    def handle(self, event: ChainEvent) -> None:
-        """React to one event; never blocks and never raises for bad input."""
-        if isinstance(event, (JobCreated, JobResponded)):
+    def _handle_counted(self, event: StreamItem) -> None:
+        health = self.health
+        try:
+            self.handle(event)
+        except Exception as e:  # a bug must not stop the node from following the chain
+            health.failures += 1
+            health.consecutive_failures += 1
+            health.last_error = f"{type(e).__name__}: {e}"[:200]
+            log = logger.exception if health.healthy else logger.critical
+            log(
+                "failed to handle %s (%d consecutive failure(s))",
+                event,
+                health.consecutive_failures,
+                exc_info=True,
+            )
+            return
+        health.handled += 1
+        health.consecutive_failures = 0
+
+    def handle(self, event: StreamItem) -> None:
+        """React to one stream item; never blocks and never raises for bad input."""
+        if isinstance(event, NewHead):
+            self._on_head(event)
+        elif isinstance(event, LogRemoved):
+            self._on_removed(event.event)
+        elif isinstance(event, (JobCreated, JobResponded)):
             if event.position.address == self._jobs_contract:
                 self._handle_job_event(event)
         elif event.position.address == self._tee_manager:
             self._handle_node_event(event)
+
+    def _on_head(self, head: NewHead) -> None:
+        self._watch.clock.observe(head.timestamp)
+        self.health.head = head.number
+        if head.number > self._head:
+            self._head = head.number
+            self._prune()
+
+    def _prune(self) -> None:
+        horizon = self._head - JOB_HORIZON_BLOCKS
+        while self._jobs:
+            key, tracked = next(iter(self._jobs.items()))
+            if tracked.job.position.block_number >= horizon and len(self._jobs) <= MAX_TRACKED_JOBS:
+                break
+            self._drop(key)
+
+    def _drop(self, key: JobKey) -> _Tracked | None:
+        entry = self._jobs.pop(key, None)
+        if self._current.get(key[0]) == key:
+            del self._current[key[0]]
+        return entry
+
+    def _on_removed(self, event: ChainEvent) -> None:
+        if isinstance(event, JobCreated):
+            key = job_key(event)
+            entry = self._drop(key)
+            if entry is None:
+                return
+            task = entry.task
+            self._watch.forget(event.job_id)
+            cancelled = task is not None and not task.done()
+            if cancelled:
+                assert task is not None
+                task.cancel()
+            logger.warning(
+                "job %d: JobCreated reorged out (block %s, tx %s): forgotten%s",
+                event.job_id,
+                event.position.block_hash,
+                event.position.tx_hash,
+                "; execution cancelled" if cancelled else "",
+            )
+        elif isinstance(event, JobResponded):
+            logger.warning(
+                "job %d: JobResponded of %s reorged out (tx %s): watching its timeout again",
+                event.job_id,
+                event.executor,
+                event.position.tx_hash,
+            )
+            # Until the response is mined again the job may be incomplete: if it still is when
+            # due, it is slashed (a needless slash is refused by the contract).
+            current = self._current.get(event.job_id)
+            if current is not None and self.status is NodeStatus.ACTIVE:
+                self._watch_timeout(self._jobs[current].job)
+        elif isinstance(event, TeeNodeRegistered) and event.enclave_address == self._enclave:
+            logger.warning("our TeeNodeRegistered was reorged out: awaiting registration again")
+            self.status = NodeStatus.AWAITING_REGISTRATION
+            self._watch.clear()
+        else:
+            logger.warning("%s reorged out; ignored", type(event).__name__)
 
     def _handle_node_event(self, event: ChainEvent) -> None:
         if getattr(event, "enclave_address", None) != self._enclave:
@@ -131,20 +401,57 @@ class ChainFollower:
         assert isinstance(event, JobCreated)
         if event.env != EXECUTOR_ENV or self.status is not NodeStatus.ACTIVE:
             return
-        if event.job_id in self._seen_jobs:
+        if event.position.block_timestamp is not None:
+            self._watch.clock.observe(event.position.block_timestamp)
+        key = job_key(event)
+        if key in self._jobs:
             logger.warning(
                 "job %d: JobCreated seen again (tx %s); ignored",
                 event.job_id,
                 event.position.tx_hash,
             )
             return
-        self._seen_jobs.add(event.job_id)
-        self._watch.start(event.job_id, event.deadline_ms)
+        previous = self._current.get(event.job_id)
+        if previous is not None:
+            # The listener retracts reorged logs first; this is a safety net for a node that
+            # reports a job id twice without a retraction: the newer content wins.
+            logger.warning(
+                "job %d: a new JobCreated replaces the one in tx %s", event.job_id, previous[2]
+            )
+            old = self._drop(previous)
+            if old is not None and old.task is not None:
+                old.task.cancel()
+            self._watch.forget(event.job_id)
+        tracked = _Tracked(event)
+        self._jobs[key] = tracked
+        self._current[event.job_id] = key
+        self._prune()
+        self._watch_timeout(event)
         if self._enclave not in event.selected_executors:
             logger.debug("job %d: not selected; watching its timeout", event.job_id)
+            return
+        if event.job_id in self._answered:
+            logger.info("job %d: already answered by this enclave (before a restart)", event.job_id)
             return
         if not self.accepting:
             logger.warning("job %d: shutting down, not executed", event.job_id)
             return
+        if self._window_closed(event):
+            logger.warning(
+                "job %d: its output window closed before it was seen; not executed", event.job_id
+            )
+            return
         logger.info("job %d: selected (tx %s); executing", event.job_id, event.position.tx_hash)
-        self._tasks.spawn(self._run_job(event), name=f"job-{event.job_id}")
+        tracked.task = self._tasks.spawn(self._run_job(event), name=f"job-{event.job_id}")
+
+    def _watch_timeout(self, job: JobCreated) -> None:
+        self._watch.start(
+            job.job_id,
+            job.deadline_ms,
+            job.position.block_timestamp,
+            selected=len(job.selected_executors),
+        )
+
+    def _window_closed(self, job: JobCreated) -> bool:
+        # due_in_s is 1 s past the window's close: closed when less than that remains.
+        return self._watch.due_in_s(job.deadline_ms, job.position.block_timestamp) < 1.0

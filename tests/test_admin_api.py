@@ -52,7 +52,11 @@ def mutable(**changes: str) -> dict[str, str]:
 
 
 async def test_index_answers_200(client: AdminClient) -> None:
-    assert (await client.request("GET", "/")).status == 200
+    response = await client.request("GET", "/")
+    assert response.status == 200
+    health = response.json()
+    assert health["status"] == "idle" and health["stream"] is None
+    assert health["follower"]["healthy"] is True
 
 
 async def test_tee_details_before_configuration(client: AdminClient, files: NodeFiles) -> None:

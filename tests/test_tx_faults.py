@@ -30,9 +30,8 @@ from executor.chain.jobs_contract import (
 )
 from executor.chain.signer import EnclaveKey
 from executor.chain.txs import TxManager, TxOutcome, TxStatus
-from executor.jobs import JobContext, JobRunner, TimeoutWatch
+from executor.jobs import JobContext, JobRunner, Slasher
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
-from executor.tasks import TaskSet
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
@@ -255,13 +254,7 @@ async def test_a_slash_of_a_completed_job_ends_at_once_quietly(
                 nonce = await devnet.w3.eth.get_transaction_count(GAS.address)
                 caplog.set_level(logging.INFO, logger="executor")
                 caplog.clear()
-                watch = TimeoutWatch(
-                    txm=txm,
-                    jobs_contract=devnet.jobs_address,
-                    execution_buffer_time_s=devnet.execution_buffer_time,
-                    num_selected_executors=1,
-                    tasks=TaskSet("timeouts"),
-                )
+                watch = Slasher(txm=txm, jobs_contract=devnet.jobs_address)
                 outcome = await watch.slash(job_id)
         finally:
             await counted.provider.disconnect()
@@ -270,7 +263,6 @@ async def test_a_slash_of_a_completed_job_ends_at_once_quietly(
     assert proxy.calls["eth_estimateGas"] == 1  # one attempt, no retries
     assert await devnet.w3.eth.get_transaction_count(GAS.address) == nonce  # nothing sent
     assert [r.levelname for r in caplog.records if r.name.startswith("executor")] == ["INFO"]
-    assert list(watch.slashed) == []
 
 
 async def test_a_slash_sent_too_early_is_retried_until_due(
@@ -278,17 +270,10 @@ async def test_a_slash_sent_too_early_is_retried_until_due(
 ) -> None:
     (job_id,) = await new_jobs(devnet, [NOBODY], 1, deadline_ms=1000)
     async with manager(w3, anvil.chain_id) as txm:
-        watch = TimeoutWatch(
-            txm=txm,
-            jobs_contract=devnet.jobs_address,
-            execution_buffer_time_s=devnet.execution_buffer_time,
-            num_selected_executors=1,
-            tasks=TaskSet("timeouts"),
-        )
+        watch = Slasher(txm=txm, jobs_contract=devnet.jobs_address)
         outcome = await watch.slash(job_id)  # due 1 + 2 s after the job's block
     assert outcome.mined, outcome
     assert [s.enclave_address for s in await devnet.slash_events(job_id)] == [NOBODY]
-    assert list(watch.slashed) == [job_id]
 
 
 async def test_cancelling_a_pending_output_withdraws_it_with_a_noop(

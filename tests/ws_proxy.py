@@ -21,11 +21,17 @@ class WsProxy:
         self.upstream = upstream
         self.keys = keys
         self.down = False
+        self.refuse_heads = False
+        self.strip_block_timestamps = False
+        """Drop ``blockTimestamp`` from log notifications, as older nodes send them."""
+        """Answer ``eth_subscribe newHeads`` with an error, as some providers do."""
         self.connections = 0
         self.paths: list[str] = []
         self._live: set[web.WebSocketResponse] = set()
-        self._subscribe_ids: set[object] = set()
+        self._subscribe_ids: dict[object, str] = {}
         self.subscriptions: list[str] = []
+        """Ids of the ``logs`` subscriptions made through the proxy, oldest first."""
+        self.head_subscriptions: list[str] = []
         self.url = ""
 
     async def inject(self, raw: str) -> None:
@@ -65,15 +71,28 @@ class WsProxy:
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         request = json.loads(msg.data)
                         if request.get("method") == "eth_subscribe":
-                            self._subscribe_ids.add(request.get("id"))
+                            kind = str((request.get("params") or ["?"])[0])
+                            if kind == "newHeads" and self.refuse_heads:
+                                error = {"code": -32601, "message": "newHeads not supported"}
+                                reply = {"jsonrpc": "2.0", "id": request.get("id"), "error": error}
+                                await client.send_str(json.dumps(reply))
+                                continue
+                            self._subscribe_ids[request.get("id")] = kind
                         await upstream.send_str(msg.data)
 
             async def pump_down() -> None:
                 async for msg in upstream:
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         reply = json.loads(msg.data)
-                        if reply.get("id") in self._subscribe_ids and "result" in reply:
-                            self.subscriptions.append(reply["result"])
+                        kind = self._subscribe_ids.get(reply.get("id"))
+                        if kind is not None and "result" in reply:
+                            subs = self.subscriptions if kind == "logs" else self.head_subscriptions
+                            subs.append(reply["result"])
+                        result = (reply.get("params") or {}).get("result")
+                        if self.strip_block_timestamps and isinstance(result, dict):
+                            result.pop("blockTimestamp", None)
+                            await client.send_str(json.dumps(reply))
+                            continue
                         await client.send_str(msg.data)
 
             tasks = [asyncio.ensure_future(pump_up()), asyncio.ensure_future(pump_down())]

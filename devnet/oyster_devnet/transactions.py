@@ -128,6 +128,10 @@ class TxSender:
         self._next_nonce: dict[str, int] = {}
         self._chain_id: int | None = None
 
+    def forget_nonces(self) -> None:
+        """Re-read every sender's nonce from the chain (after a reorg dropped transactions)."""
+        self._next_nonce.clear()
+
     async def send(
         self, sender: DevAccount, to: str | None, data: HexStr, *, call: str, value: int = 0
     ) -> TxReceipt:

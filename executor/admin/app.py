@@ -50,6 +50,9 @@ class AdminBackend(Protocol):
     async def start_following(self) -> None:
         """Listen for this node's registration from the current block (no-op if already)."""
 
+    def health(self) -> dict[str, Any]:
+        """Node status and chain stream health (a small JSON object)."""
+
 
 BACKEND = web.AppKey("backend", AdminBackend)
 
@@ -82,7 +85,9 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def _index(request: web.Request) -> web.Response:
-    return web.Response(status=200)
+    # Always 200 (operator tooling checks the status only); the body tells a human how the
+    # chain stream is doing.
+    return web.json_response(request.app[BACKEND].health())
 
 
 async def _json_object(request: web.Request, *fields: str) -> dict[str, str]:

@@ -129,6 +129,26 @@ class TeeNodeDeregistered(ChainEvent):
     enclave_address: str
 
 
+@dataclass(frozen=True)
+class LogRemoved:
+    """A log yielded earlier whose block is no longer on the canonical chain (a reorg)."""
+
+    event: ChainEvent
+
+
+@dataclass(frozen=True)
+class NewHead:
+    """A new canonical head: the chain's clock (``timestamp``, unix seconds) and its tip."""
+
+    number: int
+    block_hash: str
+    timestamp: int
+
+
+StreamItem = ChainEvent | LogRemoved | NewHead
+"""What a log stream yields: events in chain order, retractions of reorged ones, and heads."""
+
+
 JOB_EVENTS: tuple[type[ChainEvent], ...] = (JobCreated, JobResponded)
 NODE_EVENTS: tuple[type[ChainEvent], ...] = (
     TeeNodeRegistered,
