@@ -17,6 +17,7 @@ from web3.exceptions import Web3Exception
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
 from executor.chain.code import CodeFetcher
+from executor.chain.code_cache import CodeCache
 from executor.chain.events import JOB_EVENTS, NODE_EVENTS
 from executor.chain.listener import LogStream
 from executor.chain.signer import EnclaveKey
@@ -63,7 +64,7 @@ class ExecutorService:
         )
         self.runner = JobRunner(
             key=key,
-            fetcher=CodeFetcher(w3, settings.code_contract_addr),
+            fetcher=CodeFetcher([w3], settings.code_contract_addr, CodeCache()),
             execute=execute,
             sender=self.sender,
             context=JobContext(settings.jobs_contract_addr, settings.execution_buffer_time),
