@@ -35,6 +35,16 @@ TYPED_TYPES = (1, 2, 3, 4)
 """EIP-2930 access list, EIP-1559 dynamic fee, EIP-4844 blob, EIP-7702 set code."""
 MAX_RAW_TX_BYTES = 4 * 1024 * 1024
 """Larger than any transaction a node accepts (calldata is bounded by the block gas limit)."""
+_DECODE_ERRORS = (
+    rlp.exceptions.RLPException,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+)
+"""What eth-account / rlp raise on bytes or fields that are not a transaction of the type."""
 
 
 class LegacyTransaction(rlp.Serializable):
@@ -98,7 +108,7 @@ def blob_tx_body(raw: bytes) -> bytes | None:
         return None
     try:
         items = rlp.decode(raw[1:])
-    except rlp.exceptions.DecodingError:
+    except rlp.exceptions.RLPException:
         return None
     if not isinstance(items, list) or not items or not isinstance(items[0], list):
         return None
@@ -115,7 +125,7 @@ def decode_signed_tx(raw: bytes) -> SignedTx:
     if first >= 0xC0:  # an RLP list: the legacy format
         try:
             legacy = rlp.decode(raw, LegacyTransaction)
-        except rlp.exceptions.DecodingError as e:
+        except rlp.exceptions.RLPException as e:
             raise RawTxError(f"malformed legacy transaction: {_short(e)}") from e
         return SignedTx(LEGACY_TYPE, _address_or_none(legacy.to), bytes(legacy.data))
     if first not in TYPED_TYPES:
@@ -123,7 +133,7 @@ def decode_signed_tx(raw: bytes) -> SignedTx:
     try:
         typed = TypedTransaction.from_bytes(HexBytes(raw))
         fields = typed.as_dict()
-    except (rlp.exceptions.DecodingError, ValueError, TypeError, KeyError) as e:
+    except _DECODE_ERRORS as e:
         raise RawTxError(f"malformed type-{first} transaction: {_short(e)}") from e
     return SignedTx(first, _address_or_none(fields.get("to")), bytes(fields.get("data") or b""))
 
@@ -156,7 +166,7 @@ def envelope_from_json(tx: Mapping[str, Any]) -> bytes:
         return bytes(typed.encode())
     except RawTxError:
         raise
-    except (KeyError, ValueError, TypeError, AttributeError, rlp.exceptions.RLPException) as e:
+    except _DECODE_ERRORS as e:
         raise RawTxError(f"cannot rebuild the signed transaction from JSON: {_short(e)}") from e
 
 
