@@ -1,11 +1,12 @@
 """Acceptance: the daemon behind a lying HTTP RPC never runs or signs forged code.
 
 A real anvil, the devnet contracts and the daemon, whose HTTP RPC is a proxy of the test's own
-(tests/rpc_proxy.py). The proxy (a) rewrites the code transaction's ``input`` in the JSON view (and
-hides the raw method, so the JSON view is all the daemon gets), (b) also rewrites the calldata inside
-the raw bytes, (c) answers with another real transaction. Each time the job is answered on chain with
-errorCode 1, the forged code never reaches the sandbox, and the log names the attack and the RPC.
-An honest proxy gives errorCode 0 for every transaction type anvil mines, raw method or not.
+(tests/rpc_proxy.py). The proxy (a) rewrites the code transaction's ``input`` in the JSON view
+(and hides the raw method, so the JSON view is all the daemon gets), (b) also rewrites the
+calldata inside the raw bytes, (c) answers with another real transaction. Each time the job is
+answered on chain with errorCode 1, the forged code never reaches the sandbox, and the log names
+the attack and the RPC. An honest proxy gives errorCode 0 for every transaction type anvil mines,
+raw method or not.
 """
 
 from __future__ import annotations
