@@ -3,9 +3,9 @@
 Secrets known at run time (the enclave key, gas keys, the websocket API key, credentials embedded in
 RPC URLs) are registered here. They are masked at two levels:
 
-- a log record factory (installed once) masks the message, its arguments and any exception text as
-  the record is made, so *every* handler sees masked text (test capture handlers and third-party
-  handlers included), at every level;
+- a log record factory (installed with the first registered secret) masks the message, its
+  arguments and any exception text as the record is made, so *every* handler sees masked text
+  (test capture handlers and third-party handlers included), at every level;
 - a handler filter does the same again for records made before the factory was installed.
 
 A hex secret is masked in any letter case, with or without its ``0x`` prefix.
@@ -43,6 +43,7 @@ def register_secret(value: str | None) -> None:
             return
         _secrets.add(core)
         _pattern = _compile(_secrets)
+    install_record_factory()  # from the first secret on, every record is masked as it is made
 
 
 def register_url_credentials(url: str) -> None:

@@ -1,4 +1,4 @@
-"""A real daemon (admin API on a real socket) with the fake secret store, on one anvil per module."""
+"""A real daemon (admin API on a real socket) with the fake secret store, on its own anvil."""
 
 from __future__ import annotations
 

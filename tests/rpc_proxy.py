@@ -25,6 +25,8 @@ class RpcProxy:
     url: str = ""
     rewrite: Rewrite | None = None
     hide: set[str] = field(default_factory=set)
+    fail_status: int | None = None
+    """When set, every request is answered with this HTTP status and no JSON."""
     calls: list[str] = field(default_factory=list)
 
 
@@ -51,14 +53,16 @@ async def running_rpc_proxy(upstream: str) -> AsyncIterator[RpcProxy]:
         return answer
 
     async def handle(request: web.Request) -> web.Response:
+        if proxy.fail_status is not None:
+            return web.Response(status=proxy.fail_status, text="upstream trouble")
         body = json.loads(await request.read())
         if isinstance(body, list):
             return web.json_response([await one(item) for item in body])
         return web.json_response(await one(body))
 
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app.router.add_post("/", handle)
-    runner = web.AppRunner(app)
+    app.router.add_post("/{path:.*}", handle)  # any path: hosted RPCs put an API key there
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -127,7 +127,7 @@ async def _tee_details(request: web.Request) -> web.Response:
                 backend.gas_account.address if backend.gas_account else ZERO_ADDRESS
             ),
             "secret_store_gas_address": store_gas,
-            "ws_rpc_url": backend.ws_rpc_url(),
+            "ws_rpc_url": redact.redact(backend.ws_rpc_url()),  # never the ws API key
         }
     )
 
