@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from executor.admin.inputs import MAX_BODY_BYTES
+from executor.admin.inputs import MAX_BODY_BYTES, parse_mutable
+from executor.errors import AdminError
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from tests.admin_node import AdminNode, admin_node
 
@@ -64,6 +65,7 @@ BAD_IMMUTABLE = [
 ]
 
 BAD_MUTABLE = [
+    (mutable(secret_store_gas_key=""), "field 'secret_store_gas_key' must be 32 bytes long, got 0"),
     (
         mutable(secret_store_gas_key="00"),
         "field 'secret_store_gas_key' must be 32 bytes long, got 1",
@@ -119,3 +121,12 @@ async def test_valid_requests_keep_the_original_replies(node: AdminNode) -> None
     assert node.store.calls[-1] == ("mutable", {"gas_key_hex": STORE_KEY, "ws_api_key": "key-1"})
     again = await node.client.request("POST", "/immutable-config", {"owner_address_hex": OWNER})
     assert (again.status, again.text) == (400, "Immutable params already configured!\n")
+
+
+async def test_without_a_secret_store_the_store_key_may_be_empty_but_not_malformed() -> None:
+    config = parse_mutable(mutable(secret_store_gas_key=""), store_key_required=False)
+    assert config.secret_store_gas_key == ""
+    with pytest.raises(AdminError, match="'secret_store_gas_key'"):
+        parse_mutable(mutable(secret_store_gas_key="00"), store_key_required=False)
+    with pytest.raises(AdminError, match="'secret_store_gas_key'"):
+        parse_mutable(mutable(secret_store_gas_key=""))

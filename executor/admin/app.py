@@ -103,7 +103,9 @@ async def _immutable_config(request: web.Request) -> web.Response:
 
 async def _mutable_config(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    config = parse_mutable(await _read_body(request))  # every check before any side effect
+    config = parse_mutable(  # every check before any side effect
+        await _read_body(request), store_key_required=backend.secret_store is not None
+    )
     for secret in (config.executor_gas_key, config.secret_store_gas_key, config.ws_api_key):
         redact.register_secret(secret)  # before anything can echo them (e.g. a store's reply)
     if backend.secret_store is not None:

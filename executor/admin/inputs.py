@@ -54,7 +54,9 @@ def parse_immutable(raw: bytes) -> ImmutableConfig:
     return ImmutableConfig(owner_address_hex=value, owner=to_checksum_address(address))
 
 
-def parse_mutable(raw: bytes) -> MutableConfig:
+def parse_mutable(raw: bytes, *, store_key_required: bool = True) -> MutableConfig:
+    """``store_key_required=False`` (no secret store configured) lets ``secret_store_gas_key``
+    be empty, as the admin client sends it by default; a non-empty one is still checked."""
     body = _json_object(raw, ("executor_gas_key", "secret_store_gas_key", "ws_api_key"))
     ws_api_key = body["ws_api_key"]
     if not _WS_API_KEY.fullmatch(ws_api_key):
@@ -62,7 +64,8 @@ def parse_mutable(raw: bytes) -> MutableConfig:
     if len(ws_api_key) > MAX_WS_API_KEY_CHARS:
         raise AdminError(f"field 'ws_api_key': longer than {MAX_WS_API_KEY_CHARS} characters")
     gas_account = private_key(body["executor_gas_key"], "executor_gas_key")
-    private_key(body["secret_store_gas_key"], "secret_store_gas_key")
+    if body["secret_store_gas_key"] or store_key_required:
+        private_key(body["secret_store_gas_key"], "secret_store_gas_key")
     return MutableConfig(
         executor_gas_key=body["executor_gas_key"],
         secret_store_gas_key=body["secret_store_gas_key"],
