@@ -8,7 +8,7 @@ RPC URLs) are registered here. They are masked at two levels:
   (test capture handlers and third-party handlers included), at every level;
 - a handler filter does the same again for records made before the factory was installed.
 
-A hex secret is masked in any letter case, with or without its ``0x`` prefix.
+Secrets are masked in any letter case; a hex secret also with or without its ``0x`` prefix.
 """
 
 from __future__ import annotations
@@ -58,11 +58,8 @@ def register_url_credentials(url: str) -> None:
 
 def _compile(secrets: set[str]) -> re.Pattern[str]:
     # Longest first, so a secret that contains another is masked whole.
-    alternatives = []
-    for secret in sorted(secrets, key=len, reverse=True):
-        escaped = re.escape(secret)
-        alternatives.append(escaped if _HEX.fullmatch(secret) is None else f"(?i:{escaped})")
-    return re.compile("|".join(alternatives))
+    ordered = sorted(secrets, key=len, reverse=True)
+    return re.compile("|".join(re.escape(secret) for secret in ordered), re.IGNORECASE)
 
 
 def redact(text: str) -> str:
