@@ -6,8 +6,10 @@ EIP-7702 set-code and EIP-4844 blob transactions; each carries the same ``saveCo
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import rlp
 from eth_account import Account
 from web3 import AsyncWeb3
 
@@ -16,6 +18,12 @@ from tests.tx_samples import code_calldata
 
 CODE_SENDER = DEV_ACCOUNTS[5]
 """Not used by the devnet helpers, so its nonces are ours alone."""
+# The all-zero blob's KZG commitment and proofs are all the point at infinity (0xc0, then zeros),
+# so a blob transaction's sidecar can be built without the seconds of KZG work eth-account does.
+INFINITY = b"\xc0" + b"\x00" * 47
+ZERO_BLOB = b"\x00" * 4096 * 32
+ZERO_BLOB_HASH = b"\x01" + hashlib.sha256(INFINITY).digest()[1:]
+CELLS_PER_BLOB = 128
 TX_KINDS = ("legacy-eip155", "legacy-pre-eip155", "eip2930", "eip1559", "eip7702", "eip4844")
 
 
@@ -33,7 +41,6 @@ async def send_code_tx(
         "nonce": await w3.eth.get_transaction_count(account.address, "pending"),
     }
     fees = {"maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9, "chainId": chain_id}
-    blobs = None
     if kind == "legacy-eip155":
         tx.update(gasPrice=10**10, chainId=chain_id)
     elif kind == "legacy-pre-eip155":
@@ -47,12 +54,22 @@ async def send_code_tx(
         auth = authority.sign_authorization({"chainId": chain_id, "address": to, "nonce": 0})
         tx.update(fees, type=4, authorizationList=[auth])
     elif kind == "eip4844":
-        tx.update(fees, type=3, maxFeePerBlobGas=10**10)
-        blobs = [b"\x00" * 4096 * 32]
+        tx.update(fees, type=3, maxFeePerBlobGas=10**10, blobVersionedHashes=[ZERO_BLOB_HASH])
     else:
         raise ValueError(f"unknown transaction kind {kind}")
-    signed = account.sign_transaction(tx, blobs=blobs)
-    tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
+    signed = account.sign_transaction(tx)
+    raw = bytes(signed.raw_transaction)
+    if kind == "eip4844":
+        raw = with_zero_blob_sidecar(raw)
+    tx_hash = await w3.eth.send_raw_transaction(raw)
     receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=20)
     assert may_revert or receipt["status"] == 1, f"{kind} code tx reverted"
     return tx_hash.to_0x_hex()
+
+
+def with_zero_blob_sidecar(signed_body: bytes) -> bytes:
+    """The network form of a signed blob transaction carrying one all-zero blob (EIP-7594 layout:
+    ``0x03 || rlp([tx_payload_body, wrapper_version, blobs, commitments, cell_proofs])``)."""
+    body = rlp.decode(signed_body[1:])
+    wrapper = [body, 1, [ZERO_BLOB], [INFINITY], [INFINITY] * CELLS_PER_BLOB]
+    return b"\x03" + rlp.encode(wrapper)
