@@ -207,3 +207,44 @@ async def test_unknown_tx_and_wrong_recipient_and_bad_calldata(
     assert await fetch([node.http_url], devnet, tx_hash.to_0x_hex()) == FetchedCode(
         error=ErrorCode.INVALID_CALLDATA
     )
+
+
+@pytest.mark.parametrize(
+    ("raw_answer", "json_answer"),
+    [
+        (5, None),
+        ({"x": 1}, None),
+        ("0xzz", None),
+        ("not hex", None),
+        ([], None),
+        (None, 5),
+        (None, "0x1234"),
+        (None, {"type": "0x2"}),
+        (None, {"type": "0x7", "input": "0x"}),
+        ("0x" + "00" * 100, None),
+    ],
+)
+async def test_garbage_answers_are_discarded_with_a_reason(
+    chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet],
+    code_txs: dict[str, str],
+    proxy: RpcProxy,
+    caplog: pytest.LogCaptureFixture,
+    raw_answer: Any,
+    json_answer: Any,
+) -> None:
+    async def garbage(method: str, params: list[Any], result: Any) -> Any:
+        if method == "eth_getRawTransactionByHash":
+            return raw_answer
+        if method == "eth_getTransactionByHash":
+            return json_answer
+        return result
+
+    proxy.rewrite = garbage
+    got = await fetch([proxy.url], chain[2], code_txs["eip1559"])
+    assert got == FetchedCode(error=ErrorCode.CODE_TX_NOT_FOUND)
+    assert any(proxy.url.rstrip("/") in r.getMessage() for r in caplog.records)
+    # With an honest endpoint behind it, the job still gets its code.
+    node = chain[0]
+    assert await fetch([proxy.url, node.http_url], chain[2], code_txs["eip1559"]) == FetchedCode(
+        code=HONEST.encode()
+    )
