@@ -187,3 +187,14 @@ def test_arbitrary_json_objects_never_escape_as_other_errors(view: dict[str, Any
         envelope_from_json(view)
     except RawTxError:
         pass
+
+
+def test_log_shapes_the_fuzzer_found() -> None:
+    """Regressions: these escaped as ValueError/AttributeError before decode_log checked them."""
+    for bad in ([], "log", {"topics": ["0xzz"]}, {"topics": "0x" + "00" * 32}, {"topics": 5}):
+        try:
+            decode_log(bad)  # type: ignore[arg-type]
+        except EventDecodeError as e:
+            assert str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
