@@ -50,7 +50,7 @@ bodies = (
 )
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(200))
 @given(bodies)
 def test_parsers_accept_or_name_the_problem(raw: bytes) -> None:
     for parse in (parse_immutable, parse_mutable, partial(parse_mutable, store_key_required=False)):

@@ -97,7 +97,7 @@ def _log(data: st.DataObject) -> Any:
     return log
 
 
-@settings(max_examples=examples(150))
+@settings(max_examples=examples(120))
 @given(st.data())
 def test_log_decoding_returns_an_event_none_or_a_clear_error(data: st.DataObject) -> None:
     log = _log(data)
@@ -122,7 +122,7 @@ def test_log_decoding_of_any_json_value(value: Any) -> None:
 # --- raw transactions -------------------------------------------------------------------------
 
 
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(250))
 @given(st.data())
 def test_signed_bytes_decode_or_fail_clearly(data: st.DataObject) -> None:
     sample = data.draw(st.sampled_from(SAMPLES))
