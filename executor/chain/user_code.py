@@ -1,6 +1,6 @@
 """The UserCode contract's calldata: ``saveCodeInCallData(string inputData, bytes metadata)``.
 
-The user's JavaScript is the ``inputData`` string of such a call (PROTOCOL §1, §3 step 1).
+The user's JavaScript is the ``inputData`` string of such a call (docs/protocol.md §1, §3 step 1).
 """
 
 from __future__ import annotations
