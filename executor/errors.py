@@ -55,3 +55,16 @@ class AdminError(ExecutorError):
 
 class SecretStoreError(ExecutorError):
     """The enclave's secret store could not be reached or answered badly."""
+
+
+class RawTxError(ExecutorError, ValueError):
+    """Transaction bytes (or the JSON they are rebuilt from) cannot be decoded or re-encoded."""
+
+
+class TxHashMismatch(RawTxError):
+    """Bytes served as a transaction do not hash to that transaction's hash: a lying RPC."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"bytes hash to 0x{actual}, not to the requested 0x{expected}")

@@ -1,31 +1,49 @@
 """Keep secrets out of the logs, whatever code path formats them.
 
-Secrets known at run time (gas keys, the websocket API key, credentials embedded in RPC URLs) are
-registered here; a logging filter installed once by the CLI masks every occurrence in every record,
-including exception text from third-party libraries that quote URLs.
+Secrets known at run time (the enclave key, gas keys, the websocket API key, credentials embedded in
+RPC URLs) are registered here. They are masked at two levels:
+
+- a log record factory (installed with the first registered secret) masks the message, its
+  arguments and any exception text as the record is made, so *every* handler sees masked text
+  (test capture handlers and third-party handlers included), at every level;
+- a handler filter does the same again for records made before the factory was installed.
+
+Secrets are masked in any letter case; a hex secret also with or without its ``0x`` prefix.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 _MIN_LENGTH = 6  # shorter strings would mask ordinary words; such keys are not secrets anyway
+_HEX = re.compile(r"(?:0[xX])?([0-9a-fA-F]+)")
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
 
 
 def register_secret(value: str | None) -> None:
-    """Mask ``value`` (and its 0x-less / 0x-prefixed form) in every log line from now on."""
-    if not value or len(value) < _MIN_LENGTH:
+    """Mask ``value`` in every log line from now on (hex: any case, with or without ``0x``)."""
+    if not value:
         return
+    match = _HEX.fullmatch(value)
+    core = match.group(1) if match else value
+    if len(core) < _MIN_LENGTH:
+        return
+    global _pattern
     with _lock:
-        _secrets.add(value)
-        if value.startswith(("0x", "0X")):
-            _secrets.add(value[2:])
+        if core in _secrets:
+            return
+        _secrets.add(core)
+        _pattern = _compile(_secrets)
+    install_record_factory()  # from the first secret on, every record is masked as it is made
 
 
 def register_url_credentials(url: str) -> None:
@@ -38,31 +56,84 @@ def register_url_credentials(url: str) -> None:
     register_secret(parts.query if len(parts.query) >= 16 else None)
 
 
+def _compile(secrets: set[str]) -> re.Pattern[str]:
+    # Longest first, so a secret that contains another is masked whole.
+    ordered = sorted(secrets, key=len, reverse=True)
+    return re.compile("|".join(re.escape(secret) for secret in ordered), re.IGNORECASE)
+
+
 def redact(text: str) -> str:
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+    pattern = _pattern
+    if pattern is None or not text:
+        return text
+    return pattern.sub(MASK, text)
+
+
+def url(value: str) -> str:
+    """A URL fit for a log line: password, query and long path segments (API keys) masked.
+
+    Registered secrets are masked too. Used to name an RPC endpoint in warnings.
+    """
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return redact(value)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":" + MASK + "@")
+    path = "/".join(MASK if len(p) >= 16 else p for p in parts.path.split("/"))
+    query = MASK if parts.query else ""
+    return redact(urlunsplit((parts.scheme, netloc, path, query, "")))
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    """Mask the record's message (args merged in) and exception text, in place."""
+    if _pattern is None:
+        return
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: let logging report it as usual
+        return
+    masked = redact(message)
+    if masked != message:
+        record.msg, record.args = masked, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
 
 
 class RedactingFilter(logging.Filter):
-    """Formats the record's message and exception once, masked, so handlers print only that."""
+    """Masks registered secrets in a record before its handler prints it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _secrets:
-            return True
-        message = record.getMessage()
-        masked = redact(message)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if masked != message:
-            record.msg, record.args = masked, None
+        _redact_record(record)
         return True
 
 
+_factory_installed = False
+
+
+def install_record_factory() -> None:
+    """Mask every record as it is made, whichever handler will print it (idempotent)."""
+    global _factory_installed
+    with _lock:
+        if _factory_installed:
+            return
+        previous: Callable[..., logging.LogRecord] = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _redact_record(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _factory_installed = True
+
+
 def install(handler: logging.Handler) -> None:
+    """Mask secrets in everything ``handler`` prints, and in every record made from now on."""
+    install_record_factory()
     handler.addFilter(RedactingFilter())

@@ -20,6 +20,7 @@ from web3.exceptions import Web3Exception
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
 from executor.chain.code import CodeFetcher
+from executor.chain.code_cache import CodeCache
 from executor.chain.events import (
     JOB_EVENTS,
     NODE_EVENTS,
@@ -76,10 +77,9 @@ class ExecutorService:
         )
         self.runner = JobRunner(
             key=key,
-            # MERGE NOTE (trust): CodeFetcher takes ``self._clients`` (one AsyncWeb3 per
-            # endpoint) once it asks endpoints in turn; until then it reads through the
-            # failover ``w3``.
-            fetcher=CodeFetcher(w3, settings.code_contract_addr),
+            # One client per endpoint: an endpoint whose answer fails verification is not
+            # believed, the next one is asked.
+            fetcher=CodeFetcher(self._clients, settings.code_contract_addr, CodeCache()),
             execute=execute,
             txm=self.txm,
             context=JobContext(settings.jobs_contract_addr, settings.execution_buffer_time),

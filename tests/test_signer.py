@@ -101,17 +101,20 @@ def test_signature_is_65_bytes_v27_28_and_recovers() -> None:
         assert Account.unsafe_sign_hash(digest, SECRET).signature == sig
 
 
+def private_file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
 def test_load_rejects_wrong_length_and_missing_file(tmp_path: Path) -> None:
-    short = tmp_path / "short.sec"
-    short.write_bytes(b"\x01" * 31)
+    short = private_file(tmp_path / "short.sec", b"\x01" * 31)
     with pytest.raises(KeyFileError, match="exactly 32 raw bytes, found 31"):
         EnclaveKey.load(short)
-    hexed = tmp_path / "hex.sec"
-    hexed.write_text(SECRET.hex())
+    hexed = private_file(tmp_path / "hex.sec", SECRET.hex().encode())
     with pytest.raises(KeyFileError, match="found 64"):
         EnclaveKey.load(hexed)
-    zero = tmp_path / "zero.sec"
-    zero.write_bytes(b"\x00" * 32)
+    zero = private_file(tmp_path / "zero.sec", b"\x00" * 32)
     with pytest.raises(KeyFileError, match="not a valid secp256k1"):
         EnclaveKey.load(zero)
     with pytest.raises(KeyFileError, match="cannot read"):

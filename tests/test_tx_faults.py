@@ -73,7 +73,7 @@ def runner_for(txm: TxManager, key: EnclaveKey, devnet: Devnet) -> JobRunner:
 
     return JobRunner(
         key=key,
-        fetcher=CodeFetcher(devnet.w3, devnet.user_code_address),
+        fetcher=CodeFetcher([devnet.w3], devnet.user_code_address),
         execute=never,
         txm=txm,
         context=JobContext(devnet.jobs_address, devnet.execution_buffer_time),

@@ -36,8 +36,12 @@ def write_node_files(
     *,
     secret_store_port: int | None = None,
     ws_url: str | None = None,
+    http_url: str | None = None,
 ) -> NodeFiles:
-    """A fresh enclave key, runtime folder (holding workerd), secret store folder and config."""
+    """A fresh enclave key, runtime folder (holding workerd), secret store folder and config.
+
+    ``ws_url`` / ``http_url`` replace the anvil's own URLs (e.g. a proxy in front of it).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     key = EnclaveKey.generate()
     key.write_secret(folder / "id.sec")
@@ -50,7 +54,7 @@ def write_node_files(
         "workerd_runtime_path": str(runtime),
         "secret_store_path": str(folder / "store"),
         "common_chain_id": anvil.chain_id,
-        "http_rpc_url": anvil.http_url,
+        "http_rpc_url": http_url or anvil.http_url,
         "web_socket_url": ws_url or anvil.ws_url,
         "tee_manager_contract_addr": devnet.tee_manager_address,
         "jobs_contract_addr": devnet.jobs_address,

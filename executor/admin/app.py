@@ -8,28 +8,21 @@ executor, so the existing operator tooling works unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from typing import Any, Protocol
 
 from aiohttp import web
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
 
 from executor import redact
+from executor.admin.inputs import MAX_BODY_BYTES, ZERO_ADDRESS, parse_immutable, parse_mutable
 from executor.admin.secret_store import SecretStoreClient
 from executor.chain.signer import EnclaveKey
-from executor.chain.txs import account_from_key
 from executor.errors import AdminError, ChainError, SecretStoreError
 from executor.node import EXECUTOR_ENV
 
 logger = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 64 * 1024
-ZERO_ADDRESS = "0x" + "00" * 20
-_WS_API_KEY = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class AdminBackend(Protocol):
@@ -70,18 +63,20 @@ def build_admin_app(backend: AdminBackend) -> web.Application:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Expected failures become a status and a one-line reason (secrets masked, even when a
+    reason quotes another service's reply)."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except AdminError as e:
         logger.info("admin %s %s -> %d: %s", request.method, request.path, e.status, e)
-        return web.Response(status=e.status, text=f"{e}\n")
+        return web.Response(status=e.status, text=f"{redact.redact(str(e))}\n")
     except SecretStoreError as e:
         logger.error("admin %s %s: %s", request.method, request.path, e)
-        return web.Response(status=502, text=f"{e}\n")
+        return web.Response(status=502, text=f"{redact.redact(str(e))}\n")
     except ChainError as e:
         logger.error("admin %s %s: %s", request.method, request.path, e)
-        return web.Response(status=503, text=f"{e}\n")
+        return web.Response(status=503, text=f"{redact.redact(str(e))}\n")
 
 
 async def _index(request: web.Request) -> web.Response:
@@ -90,68 +85,38 @@ async def _index(request: web.Request) -> web.Response:
     return web.json_response(request.app[BACKEND].health())
 
 
-async def _json_object(request: web.Request, *fields: str) -> dict[str, str]:
+async def _read_body(request: web.Request) -> bytes:
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise AdminError(f"request body larger than {MAX_BODY_BYTES} bytes", status=413) from e
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdminError(f"request body is not valid JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise AdminError("request body must be a JSON object")
-    values = {}
-    for field in fields:
-        value = body.get(field)
-        if not isinstance(value, str):
-            raise AdminError(f"field '{field}' is required and must be a string")
-        values[field] = value
-    return values
-
-
-def _hex_bytes(value: str, name: str, length: int) -> bytes:
-    digits = value[2:] if value.startswith(("0x", "0X")) else value
-    try:
-        raw = bytes.fromhex(digits)
-    except ValueError as e:
-        raise AdminError(f"{name} is not a valid hex string") from e
-    if len(raw) != length:
-        raise AdminError(f"{name} must be {length} bytes long, got {len(raw)}")
-    return raw
 
 
 async def _immutable_config(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    body = await _json_object(request, "owner_address_hex")
-    owner = to_checksum_address(_hex_bytes(body["owner_address_hex"], "owner address", 20))
+    config = parse_immutable(await _read_body(request))  # every check before any side effect
     if backend.owner is not None:
         raise AdminError("Immutable params already configured!")
     if backend.secret_store is not None:
-        await backend.secret_store.inject_immutable(body["owner_address_hex"])
+        await backend.secret_store.inject_immutable(config.owner_address_hex)
     if backend.owner is not None:  # a concurrent request won while we awaited the store
         raise AdminError("Immutable params already configured!")
-    backend.set_owner(owner)
-    logger.info("admin: owner set to %s", owner)
+    backend.set_owner(config.owner)
+    logger.info("admin: owner set to %s", config.owner)
     return web.Response(text="Immutable params configured!\n")
 
 
 async def _mutable_config(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    body = await _json_object(request, "executor_gas_key", "secret_store_gas_key", "ws_api_key")
-    for secret in body.values():  # before anything can echo them (e.g. a store's error reply)
-        redact.register_secret(secret)
-    if not _WS_API_KEY.fullmatch(body["ws_api_key"]):
-        raise AdminError("API key contains invalid characters! (allowed: A-Z a-z 0-9 - _)")
-    _hex_bytes(body["executor_gas_key"], "executor gas key", 32)
-    try:
-        gas_account = account_from_key(body["executor_gas_key"])
-    except ValueError as e:
-        raise AdminError(f"executor gas key {e}") from e
+    config = parse_mutable(  # every check before any side effect
+        await _read_body(request), store_key_required=backend.secret_store is not None
+    )
+    for secret in (config.executor_gas_key, config.secret_store_gas_key, config.ws_api_key):
+        redact.register_secret(secret)  # before anything can echo them (e.g. a store's reply)
     if backend.secret_store is not None:
-        await backend.secret_store.inject_mutable(body["secret_store_gas_key"], body["ws_api_key"])
-    backend.set_mutable_config(gas_account, body["ws_api_key"])
-    logger.info("admin: mutable config set (executor gas address %s)", gas_account.address)
+        await backend.secret_store.inject_mutable(config.secret_store_gas_key, config.ws_api_key)
+    backend.set_mutable_config(config.gas_account, config.ws_api_key)
+    logger.info("admin: mutable config set (executor gas address %s)", config.gas_account.address)
     return web.Response(text="Mutable params configured!\n")
 
 
@@ -169,7 +134,7 @@ async def _tee_details(request: web.Request) -> web.Response:
                 backend.gas_account.address if backend.gas_account else ZERO_ADDRESS
             ),
             "secret_store_gas_address": store_gas,
-            "ws_rpc_url": backend.ws_rpc_url(),
+            "ws_rpc_url": redact.redact(backend.ws_rpc_url()),  # never the ws API key
         }
     )
 

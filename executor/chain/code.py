@@ -1,31 +1,41 @@
-"""Fetch a job's JavaScript from the calldata of its UserCode transaction (PROTOCOL §3 step 1).
+"""Fetch a job's JavaScript from its UserCode transaction, verified against ``codehash``.
 
 The user's code is never stored in contract state: it is the ``inputData`` argument of the
-``saveCodeInCallData(string,bytes)`` call in the transaction whose hash is the job's ``codehash``.
-Problems the protocol names become error codes (1: no such transaction / wrong recipient,
-2: not a valid call); an unreachable RPC raises ``ChainError`` (no submission).
+``saveCodeInCallData(string,bytes)`` call in the transaction whose hash is the job's ``codehash``
+(docs/protocol.md §3 step 1). The RPC nodes are outside the enclave and may lie, so the code is read
+only from the transaction's signed bytes after checking that they hash to ``codehash``
+(``executor.chain.rawtx``); the JSON fields an RPC reports are never used directly.
+
+Endpoints are asked in order; one that fails or whose answer does not verify is skipped for the
+next. Problems the protocol names become error codes (1: no such transaction, wrong recipient, or
+no endpoint served the true transaction; 2: not a valid call); when every endpoint is unreachable
+``ChainError`` is raised (no submission).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from eth_abi import decode
-from eth_abi.exceptions import DecodingError
-from eth_utils import function_signature_to_4byte_selector
-from hexbytes import HexBytes
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionNotFound, Web3Exception
+from web3.exceptions import Web3Exception
 
-from executor.errors import ChainError
+from executor import redact
+from executor.chain.code_cache import CodeCache, VerifiedCode, normalize_codehash
+from executor.chain.rawtx import envelope_from_json
+from executor.chain.user_code import SAVE_CODE_SELECTOR, decode_code_calldata
+from executor.errors import ChainError, RawTxError, TxHashMismatch
 from executor.outcome import ErrorCode
+
+__all__ = ["SAVE_CODE_SELECTOR", "CodeFetcher", "FetchedCode", "decode_code_calldata"]
 
 logger = logging.getLogger(__name__)
 
-SAVE_CODE_SELECTOR = function_signature_to_4byte_selector("saveCodeInCallData(string,bytes)")
+_METHOD_MISSING_CODES = {-32601, -32004}
+_METHOD_MISSING_WORDS = ("not found", "not supported", "unsupported", "does not exist", "not avail")
 
 
 @dataclass(frozen=True)
@@ -36,48 +46,148 @@ class FetchedCode:
     error: ErrorCode | None = None
 
 
-def decode_code_calldata(calldata: bytes) -> bytes | None:
-    """The ``inputData`` bytes of a ``saveCodeInCallData`` call, trailing zero bytes removed.
+class RpcCallError(ChainError):
+    """A JSON-RPC call answered with an error object."""
 
-    Returns None when the calldata is not a valid call of that function.
-    """
-    if calldata[:4] != SAVE_CODE_SELECTOR:
-        return None
-    try:
-        # The string is decoded as raw bytes: its ABI encoding is identical and user code need
-        # not be valid UTF-8 for us to hand it to workerd (which then reports the problem).
-        input_data, _metadata = decode(["bytes", "bytes"], calldata[4:], strict=False)
-    except (DecodingError, OverflowError, ValueError):
-        return None
-    return bytes(input_data).rstrip(b"\x00")
+    def __init__(self, method: str, error: Any) -> None:
+        self.method = method
+        self.code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        self.message = str(message)[:200]
+        super().__init__(f"{method} answered error {self.code}: {self.message}")
+
+    @property
+    def method_missing(self) -> bool:
+        if self.code in _METHOD_MISSING_CODES:
+            return True
+        text = self.message.lower()
+        return "method" in text and any(word in text for word in _METHOD_MISSING_WORDS)
 
 
 class CodeFetcher:
-    """Reads code transactions over the HTTP RPC and checks they target the UserCode contract."""
+    """Reads code transactions from the RPC endpoints, trusting only bytes that hash to codehash."""
 
-    def __init__(self, w3: AsyncWeb3, code_contract: str) -> None:
-        self._w3 = w3
+    def __init__(
+        self, clients: Sequence[AsyncWeb3], code_contract: str, cache: CodeCache | None = None
+    ) -> None:
+        if not clients:
+            raise ValueError("CodeFetcher needs at least one RPC client")
+        self._clients = list(clients)
         self._code_contract = code_contract.lower()
+        self._cache = cache
 
     async def fetch(self, codehash: str) -> FetchedCode:
-        tx = await self._transaction(codehash)
-        if tx is None:
-            logger.info("code tx %s not found", codehash)
-            return FetchedCode(error=ErrorCode.CODE_TX_NOT_FOUND)
-        to = tx.get("to")
-        if not to or str(to).lower() != self._code_contract:
-            logger.info("code tx %s was sent to %s, not the UserCode contract", codehash, to)
-            return FetchedCode(error=ErrorCode.CODE_TX_NOT_FOUND)
-        code = decode_code_calldata(bytes(HexBytes(tx.get("input") or b"")))
-        if code is None:
-            logger.info("code tx %s calldata is not a saveCodeInCallData call", codehash)
-            return FetchedCode(error=ErrorCode.INVALID_CALLDATA)
-        return FetchedCode(code=code)
-
-    async def _transaction(self, codehash: str) -> Any:
         try:
-            return await self._w3.eth.get_transaction(codehash)  # type: ignore[arg-type]
-        except TransactionNotFound:
+            key = normalize_codehash(codehash)
+        except ValueError:
+            logger.warning("code tx %r: not a hex hash", codehash[:80])
+            return FetchedCode(error=ErrorCode.CODE_TX_NOT_FOUND)
+        if len(key) != 66:
+            logger.warning("code tx %s: not a 32-byte hash", key[:80])
+            return FetchedCode(error=ErrorCode.CODE_TX_NOT_FOUND)
+        if self._cache is not None and (cached := self._cache.get(key)) is not None:
+            logger.debug("code tx %s: verified code from the cache", key)
+            return _result(cached)
+
+        not_found: list[str] = []
+        unusable: list[str] = []
+        failed: list[str] = []
+        for client in self._clients:
+            endpoint = endpoint_name(client)
+            try:
+                verified = await self._from_endpoint(client, key)
+            except TxHashMismatch as e:
+                logger.warning(
+                    "code tx %s: POSSIBLE ATTACK: RPC %s served a transaction that is not the one "
+                    "named by the job (%s); its answer is discarded",
+                    key,
+                    endpoint,
+                    e,
+                )
+                unusable.append(endpoint)
+                continue
+            except RawTxError as e:
+                logger.warning("code tx %s: RPC %s: unusable transaction: %s", key, endpoint, e)
+                unusable.append(endpoint)
+                continue
+            except ChainError as e:
+                logger.warning("code tx %s: RPC %s failed: %s", key, endpoint, e)
+                failed.append(endpoint)
+                continue
+            if verified is None:
+                logger.info("code tx %s: not found on RPC %s", key, endpoint)
+                not_found.append(endpoint)
+                continue
+            if self._cache is not None:
+                self._cache.put(verified)
+            return _result(verified)
+
+        if unusable or not_found:
+            logger.warning(
+                "code tx %s: no RPC served the verified transaction (not found: %s; discarded: "
+                "%s; failed: %s)",
+                key,
+                ", ".join(not_found) or "-",
+                ", ".join(unusable) or "-",
+                ", ".join(failed) or "-",
+            )
+            return FetchedCode(error=ErrorCode.CODE_TX_NOT_FOUND)
+        raise ChainError(f"cannot fetch code tx {key}: every RPC failed ({', '.join(failed)})")
+
+    async def _from_endpoint(self, client: AsyncWeb3, key: str) -> VerifiedCode | None:
+        """The verified code from one endpoint; None when it does not know the transaction."""
+        raw = await self._raw_transaction(client, key)
+        if raw is None:
+            # No raw method, or a null answer: rebuild the signed envelope from the JSON view,
+            # which is then held to exactly the same hash check.
+            tx = await _call(client, "eth_getTransactionByHash", key)
+            if tx is None:
+                return None
+            if not isinstance(tx, dict):
+                raise RawTxError("eth_getTransactionByHash did not answer an object")
+            raw = envelope_from_json(tx)
+        return VerifiedCode.from_signed_bytes(key, raw, self._code_contract)
+
+    async def _raw_transaction(self, client: AsyncWeb3, key: str) -> bytes | None:
+        try:
+            result = await _call(client, "eth_getRawTransactionByHash", key)
+        except RpcCallError as e:
+            if e.method_missing:
+                return None
+            raise
+        if result is None or result in ("0x", ""):
             return None
-        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise ChainError(f"cannot fetch code tx {codehash}: {e}") from e
+        if not isinstance(result, str) or not result.startswith("0x"):
+            raise RawTxError("eth_getRawTransactionByHash did not answer hex data")
+        try:
+            return bytes.fromhex(result[2:])
+        except ValueError as e:
+            raise RawTxError("eth_getRawTransactionByHash answered malformed hex") from e
+
+
+async def _call(client: AsyncWeb3, method: str, key: str) -> Any:
+    """One JSON-RPC call, straight to the provider (no web3 result formatting)."""
+    try:
+        response = await client.provider.make_request(method, [key])
+    except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+        raise ChainError(f"{method}: {type(e).__name__}: {str(e)[:200]}") from e
+    if not isinstance(response, dict):
+        raise ChainError(f"{method}: the answer is not a JSON-RPC object")
+    if response.get("error") is not None:
+        raise RpcCallError(method, response["error"])
+    return response.get("result")
+
+
+def endpoint_name(client: AsyncWeb3) -> str:
+    """The endpoint's URL for a log line, with anything that may be an API key masked."""
+    uri = getattr(client.provider, "endpoint_uri", None)
+    return redact.url(str(uri)) if uri else type(client.provider).__name__
+
+
+def _result(verified: VerifiedCode) -> FetchedCode:
+    if verified.error is not None:
+        logger.info(
+            "code tx %s: verified, but %s", verified.codehash, verified.error.meaning.lower()
+        )
+        return FetchedCode(error=verified.error)
+    return FetchedCode(code=verified.code)

@@ -189,10 +189,18 @@ def decode_log(log: Mapping[str, Any]) -> ChainEvent | None:
     Returns None for logs of events we do not know; raises EventDecodeError for logs that carry a
     known topic0 but a shape that does not fit.
     """
+    if not isinstance(log, Mapping):
+        raise EventDecodeError(f"a log must be an object, got {type(log).__name__}")
     topics: Sequence[Any] = log.get("topics") or []
+    if not isinstance(topics, list | tuple):
+        raise EventDecodeError(f"log topics must be a list, got {type(topics).__name__}")
     if not topics:
         return None
-    event_type = _BY_TOPIC0.get(_as_bytes(topics[0]))
+    try:
+        topic0 = _as_bytes(topics[0])
+    except (TypeError, ValueError) as e:
+        raise EventDecodeError(f"log topic0 is not hex data: {type(e).__name__}") from e
+    event_type = _BY_TOPIC0.get(topic0)
     if event_type is None:
         return None
     try:

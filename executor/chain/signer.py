@@ -17,6 +17,7 @@ from coincurve import PrivateKey, PublicKey
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
+from executor import redact
 from executor.errors import KeyFileError
 
 SECRET_KEY_BYTES = 32
@@ -97,19 +98,37 @@ class EnclaveKey:
 
     @classmethod
     def load(cls, path: Path) -> EnclaveKey:
-        """Read a file of exactly 32 raw bytes (``enclave_signer_file``)."""
+        """Read a file of exactly 32 raw bytes (``enclave_signer_file``), private to its owner.
+
+        A key file that group or others may read (or write) is refused: whoever else can read it
+        can sign outputs in the enclave's name, so the daemon must not run with it.
+        """
         try:
-            secret = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise KeyFileError(path, f"cannot read: {e.strerror or e}") from e
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyFileError(path, "is not a regular file")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077:
+                raise KeyFileError(
+                    path,
+                    f"is accessible by group or others (mode {mode:04o}); refusing to use it. "
+                    f"Make it private to its owner: chmod 600 {path}",
+                )
+            secret = f.read(4096)  # enough to report the size of a wrong file
         if len(secret) != SECRET_KEY_BYTES:
             raise KeyFileError(
                 path, f"must hold exactly {SECRET_KEY_BYTES} raw bytes, found {len(secret)}"
             )
         try:
-            return cls.from_secret(secret)
+            key = cls.from_secret(secret)
         except ValueError as e:
             raise KeyFileError(path, str(e)) from e
+        redact.register_secret(secret.hex())  # should any code path ever format it
+        return key
 
     @property
     def public_key(self) -> bytes:
