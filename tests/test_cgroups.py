@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,12 +120,20 @@ def test_setup_script_rejects_bad_usage_and_non_root() -> None:
     )
     assert no_cgroup2.returncode == 1 and "not a cgroup v2 mount" in no_cgroup2.stderr
 
-    as_nobody = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SETUP_SCRIPT],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # nobody may not be able to enter the checkout (a clone under /root or in a 0700 mktemp -d):
+    # run a copy from a folder anyone can read, so only the script's own root check is tested.
+    with tempfile.TemporaryDirectory(prefix="oyster-setup-") as folder:
+        os.chmod(folder, 0o755)
+        script = Path(folder) / "cgroup_setup.sh"
+        shutil.copy(SETUP_SCRIPT, script)
+        script.chmod(0o755)
+        as_nobody = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script)],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=folder,
+        )
     assert as_nobody.returncode == 1
     assert "must be run as root" in as_nobody.stderr
 
