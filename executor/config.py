@@ -1,4 +1,4 @@
-"""The operator's config (docs/protocol.md §7) as one validated settings model.
+"""The operator's config (docs/protocol.md §6) as one validated settings model.
 
 The JSON file keeps the keys and meaning of the original executor's config file, so existing
 operator files work unchanged. Every key can also be set by an environment variable named
@@ -256,7 +256,7 @@ def _env_value(name: str) -> str:
 
 
 def ws_url_with_key(url: str, api_key: str) -> str:
-    """The websocket URL with the API key put after its last ``/`` (docs/protocol.md §7).
+    """The websocket URL with the API key put after its last ``/`` (docs/protocol.md §6).
 
     ``wss://host/v2/`` + ``KEY`` gives ``wss://host/v2/KEY``; a URL without a path gets one.
     """

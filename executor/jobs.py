@@ -21,8 +21,10 @@ from eth_utils import function_signature_to_4byte_selector
 from executor.chain.code import CodeFetcher
 from executor.chain.events import JobCreated
 from executor.chain.signer import EnclaveKey
-from executor.chain.txs import SentTx, TxRejected, TxSender
+from executor.chain.txs import NoGasKeyError, SentTx, TxRejected, TxSender
 from executor.errors import ChainError, SandboxError
+from executor.logs import job_label
+from executor.metrics import NO_METRICS, Metrics
 from executor.outcome import JobOutcome
 from executor.tasks import TaskSet
 
@@ -33,7 +35,7 @@ SUBMIT_OUTPUT_SELECTOR = function_signature_to_4byte_selector(
 )
 SLASH_SELECTOR = function_signature_to_4byte_selector("slashOnExecutionTimeout(uint256)")
 SLASH_RETRY_S = 20.0
-"""Timeout transactions are retried for about 20 s (PROTOCOL §3)."""
+"""Timeout transactions are retried for about 20 s (docs/protocol.md §3)."""
 MIN_SUBMIT_WINDOW_S = 5.0
 
 
@@ -78,33 +80,67 @@ class JobRunner:
         execute: ExecuteFn,
         sender: TxSender,
         context: JobContext,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._key = key
         self._fetcher = fetcher
         self._execute = execute
         self._sender = sender
         self._ctx = context
+        self._metrics = metrics
 
     async def run(self, job: JobCreated) -> SentTx | None:
-        """Execute ``job`` and submit its outcome; returns the submission, None if none was made."""
-        seen = time.monotonic()
-        label = f"job {job.job_id}"
-        try:
-            outcome = await self._outcome(job, label)
-        except (ChainError, SandboxError) as e:
-            logger.error("%s: not executed, no output submitted: %s", label, e)
-            return None
-        logger.info(
-            "%s: outcome error_code=%d (%s) output=%dB total_time=%dms",
-            label,
-            outcome.error_code,
-            outcome.error_code.name,
-            len(outcome.output),
-            outcome.total_time_ms,
-        )
-        window_s = job.deadline_ms / 1000 + self._ctx.execution_buffer_time_s
-        remaining = max(MIN_SUBMIT_WINDOW_S, window_s - (time.monotonic() - seen))
-        return await self.submit(job.job_id, outcome, timeout_s=remaining)
+        """Execute ``job`` and submit its outcome; returns the submission, None if none was made.
+
+        The one place that labels and times a job: every line logged meanwhile (here, in the
+        sandbox, in the transaction sender) carries the job id, and the job ends in one summary
+        line (id, error code, time, tx hash) and one duration sample.
+        """
+        with job_label(job.job_id):
+            seen = time.monotonic()
+            label = f"job {job.job_id}"
+            try:
+                outcome = await self._outcome(job, label)
+            except (ChainError, SandboxError) as e:
+                logger.error("%s: not executed: %s", label, e)
+                self._metrics.job_not_submitted("not_executed")
+                self._summary(label, None, None, seen)
+                return None
+            self._metrics.job_outcome(outcome.error_code)
+            logger.debug("%s: outcome %d, %dB", label, outcome.error_code, len(outcome.output))
+            window_s = job.deadline_ms / 1000 + self._ctx.execution_buffer_time_s
+            remaining = max(MIN_SUBMIT_WINDOW_S, window_s - (time.monotonic() - seen))
+            sent = await self.submit(job.job_id, outcome, timeout_s=remaining)
+            self._summary(label, outcome, sent, seen)
+            return sent
+
+    def _summary(
+        self, label: str, outcome: JobOutcome | None, sent: SentTx | None, seen: float
+    ) -> None:
+        elapsed_s = time.monotonic() - seen
+        self._metrics.job_finished(elapsed_s)
+        if outcome is None:
+            logger.warning("%s: done in %.2fs: NOT executed, no output submitted", label, elapsed_s)
+        elif sent is None:
+            logger.warning(
+                "%s: done in %.2fs: error_code=%d (%s) total_time=%dms, output NOT submitted",
+                label,
+                elapsed_s,
+                outcome.error_code,
+                outcome.error_code.name,
+                outcome.total_time_ms,
+            )
+        else:
+            logger.info(
+                "%s: done in %.2fs: error_code=%d (%s) total_time=%dms output=%dB tx %s",
+                label,
+                elapsed_s,
+                outcome.error_code,
+                outcome.error_code.name,
+                outcome.total_time_ms,
+                len(outcome.output),
+                sent.tx_hash,
+            )
 
     async def _outcome(self, job: JobCreated, label: str) -> JobOutcome:
         started = time.monotonic()
@@ -137,11 +173,17 @@ class JobRunner:
             )
         except TxRejected as e:
             logger.error("%s: %s", label, e)
+            self._metrics.transaction("output", "rejected")
+            self._metrics.job_not_submitted("rejected")
             return None
         except ChainError as e:
             logger.error("%s: output not delivered: %s", label, e)
+            no_key = isinstance(e, NoGasKeyError)
+            self._metrics.transaction("output", "no_gas_key" if no_key else "failed")
+            self._metrics.job_not_submitted("no_gas_key" if no_key else "not_delivered")
             return None
-        logger.info("%s: accepted in tx %s (block %d)", label, sent.tx_hash, sent.block_number)
+        logger.debug("%s: accepted in tx %s (block %d)", label, sent.tx_hash, sent.block_number)
+        self._metrics.transaction("output", "mined")
         return sent
 
 
@@ -156,7 +198,9 @@ class TimeoutWatch:
         execution_buffer_time_s: int,
         num_selected_executors: int,
         tasks: TaskSet,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self._metrics = metrics
         self._sender = sender
         self._jobs_contract = jobs_contract
         self._buffer_ms = execution_buffer_time_s * 1000
@@ -192,9 +236,10 @@ class TimeoutWatch:
             timer.cancel()
 
     async def _fire_after(self, job_id: int, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        self._timers.pop(job_id, None)
-        await self.slash(job_id)
+        with job_label(job_id):
+            await asyncio.sleep(delay_s)
+            self._timers.pop(job_id, None)
+            await self.slash(job_id)
 
     async def slash(self, job_id: int) -> SentTx | None:
         label = f"job {job_id} slashOnExecutionTimeout"
@@ -211,12 +256,15 @@ class TimeoutWatch:
                 # Chain time may lag ours ("deadline not over"); or someone already slashed it.
                 if time.monotonic() + 1.0 >= give_up:
                     logger.info("%s: not slashed: %s", label, e.reason)
+                    self._metrics.transaction("slash", "rejected")
                     return None
                 await asyncio.sleep(1.0)
                 continue
             except ChainError as e:
                 logger.error("%s: failed: %s", label, e)
+                self._metrics.transaction("slash", "failed")
                 return None
             logger.info("%s: slashed in tx %s", label, sent.tx_hash)
+            self._metrics.transaction("slash", "mined")
             self.slashed.append(job_id)
             return sent

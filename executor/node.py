@@ -1,7 +1,7 @@
 """The node's on-chain life: follow its registration state and dispatch job events.
 
 ``ChainFollower.follow`` consumes one ordered event stream (TeeManager node events + Jobs events)
-and reacts as PROTOCOL §3 says:
+and reacts as docs/protocol.md §3 says:
 
 * ``TeeNodeRegistered`` for this enclave and its owner: start handling jobs;
 * ``TeeNodeDrained``: stop taking new jobs and forget the running set; ``TeeNodeRevived``: resume;
@@ -30,12 +30,13 @@ from executor.chain.events import (
     TeeNodeRevived,
 )
 from executor.jobs import TimeoutWatch
+from executor.logs import job_label
 from executor.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
 
 EXECUTOR_ENV = 1
-"""The execution environment id of this executor (PROTOCOL §3)."""
+"""The execution environment id of this executor (docs/protocol.md §3)."""
 
 
 class NodeStatus(enum.Enum):
@@ -89,7 +90,8 @@ class ChainFollower:
         """React to one event; never blocks and never raises for bad input."""
         if isinstance(event, (JobCreated, JobResponded)):
             if event.position.address == self._jobs_contract:
-                self._handle_job_event(event)
+                with job_label(event.job_id):  # log lines (and the job's task) carry the id
+                    self._handle_job_event(event)
         elif event.position.address == self._tee_manager:
             self._handle_node_event(event)
 

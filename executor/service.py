@@ -2,7 +2,7 @@
 
 It owns the operator's injected config (owner, gas key, ws API key), the transaction sender, the
 job runner, the timeout watch and the chain follower, and starts following the chain when the
-signed registration message is requested (PROTOCOL §6).
+signed registration message is requested (docs/protocol.md §6).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from executor.chain.txs import TxSender
 from executor.config import Settings
 from executor.errors import ChainError
 from executor.jobs import ExecuteFn, JobContext, JobRunner, TimeoutWatch
+from executor.metrics import NO_METRICS, Metrics
 from executor.node import ChainFollower, NodeStatus
 from executor.tasks import TaskSet
 
@@ -40,7 +41,9 @@ class ExecutorService:
         execute: ExecuteFn,
         job_capacity: int,
         secret_store: SecretStoreClient | None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.key = key
         self.job_capacity = job_capacity
@@ -60,6 +63,7 @@ class ExecutorService:
             execution_buffer_time_s=settings.execution_buffer_time,
             num_selected_executors=settings.num_selected_executors,
             tasks=self._timers,
+            metrics=metrics,
         )
         self.runner = JobRunner(
             key=key,
@@ -67,6 +71,7 @@ class ExecutorService:
             execute=execute,
             sender=self.sender,
             context=JobContext(settings.jobs_contract_addr, settings.execution_buffer_time),
+            metrics=metrics,
         )
         self.follower = ChainFollower(
             enclave_address=key.address,
@@ -111,6 +116,7 @@ class ExecutorService:
             topics=[["0x" + e.topic0().hex() for e in NODE_EVENTS + JOB_EVENTS]],
             from_block=from_block,
             name="chain",
+            metrics=self.metrics,
         )
         logger.info("listening for this node's registration from block %d", from_block)
         self._following.spawn(self.follower.follow(self._stream.events()), name="follower")

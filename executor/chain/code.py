@@ -1,4 +1,4 @@
-"""Fetch a job's JavaScript from the calldata of its UserCode transaction (PROTOCOL §3 step 1).
+"""Fetch a job's JavaScript from its UserCode transaction's calldata (docs/protocol.md §3 step 1).
 
 The user's code is never stored in contract state: it is the ``inputData`` argument of the
 ``saveCodeInCallData(string,bytes)`` call in the transaction whose hash is the job's ``codehash``.

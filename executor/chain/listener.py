@@ -28,6 +28,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
 from executor.chain.events import ChainEvent, EventDecodeError, decode_log
+from executor.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class LogStream:
         topics: Sequence[Any],
         from_block: int,
         name: str = "logs",
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self._metrics = metrics
         self._ws_url = ws_url
         self._w3 = w3
         self._filter: dict[str, Any] = {"address": list(addresses), "topics": list(topics)}
@@ -94,6 +97,7 @@ class LogStream:
                     logger.exception(
                         "%s: unexpected error; reconnecting in %.2fs", self._name, backoff
                     )
+                self._metrics.ws_reconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
@@ -169,6 +173,7 @@ class LogStream:
         if head + 1 > self._cursor:
             # Logs of the head block may still arrive via the subscription: keep it re-readable.
             self._cursor = max(self._cursor, head)
+        self._metrics.last_block(self._cursor)
         return events
 
     def _accept(self, log: dict[str, Any]) -> ChainEvent | None:
@@ -193,6 +198,7 @@ class LogStream:
         self._seen[key] = pos.block_number
         if pos.block_number > self._cursor:
             self._cursor = pos.block_number
+            self._metrics.last_block(self._cursor)
             self._prune()
         return event
 
