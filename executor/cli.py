@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "executor.commands.keygen",
     "executor.commands.run",
     "executor.commands.admin",
+    "executor.commands.doctor",
 )
 
 
