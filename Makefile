@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP_PY  := $(VENV)/.setup-stamp
 STAMP_NPM := node_modules/.setup-stamp
 
-.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean
+.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean lock image
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -51,6 +51,20 @@ cgroups:
 
 cgroups-remove:
 	./cgroup_setup.sh --remove
+
+# Pins the product's runtime dependencies for the enclave image: a clean venv with only the product.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check .
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude oyster-executor; } \
+		> requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv build
+
+# The enclave image (needs a Docker engine), then `nitro-cli build-enclave` (docs/operator.md).
+image:
+	docker build -f Dockerfile.nitro -t oyster-executor:enclave .
 
 bench: setup
 	$(PY) -m benchmarks.run
