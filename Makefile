@@ -25,8 +25,9 @@ $(STAMP_NPM): package.json package-lock.json
 	@touch $@
 
 # Runs the main job on an embedded default: local anvil, devnet contracts, the daemon, real jobs.
+# (The same network code as `oyster-devnet up`, which keeps a local network running: docs/dapp.md.)
 demo: setup
-	$(PY) -m oyster_devnet.demo
+	$(PY) -m oyster_devnet.cli demo
 
 # The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices).
 test: setup
