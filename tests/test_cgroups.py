@@ -100,6 +100,23 @@ def test_setup_script_is_idempotent_reports_controllers_and_removes() -> None:
             run_setup("--parent", name, "--remove", check=False)
 
 
+def test_setup_script_first_numbers_the_slices_from_k() -> None:
+    mount = cgroup2_mount_or_skip()
+    name = f"oyster-test-first-{os.getpid()}"
+    try:
+        made = run_setup("--parent", name, "--count", "2", "--first", "7")
+        assert "workerd_7..workerd_8" in made.stdout
+        pool = SlicePool.discover(mount / name)
+        assert [(s.name, s.port) for s in pool.slices] == [
+            ("workerd_7", 11007),
+            ("workerd_8", 11008),
+        ]
+    finally:
+        run_setup("--parent", name, "--remove")
+    bad = run_setup("--first", "0", check=False)
+    assert bad.returncode == 2 and "--first must be a positive integer" in bad.stderr
+
+
 def test_setup_script_rejects_bad_usage_and_non_root() -> None:
     help_ = subprocess.run([SETUP_SCRIPT, "--help"], capture_output=True, text=True, check=False)
     assert help_.returncode == 0 and "--remove" in help_.stdout
