@@ -166,7 +166,7 @@ def check_runtime_folders(settings: Settings) -> Check:
         return fail(name, f"workerd_runtime_path {runtime} is not a writable folder", "create it")
     if not store.is_dir():
         return fail(name, f"secret_store_path {store} is not a folder", "create it")
-    return ok(name, f"runtime {runtime} writable; secret store {store} present")
+    return ok(name, f"workerd_runtime_path {runtime} writable; secret_store_path {store} present")
 
 
 # --- cgroups and vsock ---------------------------------------------------------------------------
