@@ -210,3 +210,47 @@ def test_sample_dashboard_queries_only_metrics_the_daemon_exports() -> None:
         n in names or any(n.endswith(s) and n.removesuffix(s) in names for s in suffixes)
         for n in used
     ), used - names
+
+
+def test_json_lines_keep_secrets_masked_and_carry_the_job_label() -> None:
+    from executor import redact
+
+    stream = io.StringIO()
+    logger = logging.getLogger("tests.observability.json")
+    logger.addHandler(logs.make_handler("json", stream))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    secret = "0x" + "5a" * 32
+    redact.register_secret(secret)
+    try:
+        with logs.job_label(42):
+            logger.info("gas key is %s", secret)
+            try:
+                raise ValueError(f"bad key {secret}")
+            except ValueError:
+                logger.exception("failed")
+        logger.info("outside any job")
+    finally:
+        logger.handlers.clear()
+    first, second, third = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["job_id"] == 42 and secret[2:] not in json.dumps(first)
+    assert "***" in first["message"]
+    assert second["job_id"] == 42 and secret[2:] not in second["exception"]
+    assert "job_id" not in third
+
+
+def test_text_lines_name_the_job_once() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("tests.observability.text")
+    logger.addHandler(logs.make_handler("text", stream))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with logs.job_label(7):
+            logger.info("job 7: done")
+            logger.info("slice workerd_3 emptied")
+    finally:
+        logger.handlers.clear()
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("job 7: done")
+    assert second.endswith("slice workerd_3 emptied [job 7]")
