@@ -254,3 +254,23 @@ def test_text_lines_name_the_job_once() -> None:
     first, second = stream.getvalue().splitlines()
     assert first.endswith("job 7: done")
     assert second.endswith("slice workerd_3 emptied [job 7]")
+
+
+def test_cli_log_format_json_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = json.loads((Path(__file__).parents[1] / "config.example.json").read_text())
+    config["no_such_key"] = 1  # start-up logs a warning about it
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "executor", "--log-format", "json", "doctor", "--config-file", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    lines = result.stderr.splitlines()
+    entries = [json.loads(line) for line in lines]  # every stderr line is one JSON object
+    assert any("no_such_key" in e["message"] and e["level"] == "WARNING" for e in entries)
