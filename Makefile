@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP_PY  := $(VENV)/.setup-stamp
 STAMP_NPM := node_modules/.setup-stamp
 
-.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean
+.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean lock image
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -25,8 +25,9 @@ $(STAMP_NPM): package.json package-lock.json
 	@touch $@
 
 # Runs the main job on an embedded default: local anvil, devnet contracts, the daemon, real jobs.
+# (The same network code as `oyster-devnet up`, which keeps a local network running: docs/dapp.md.)
 demo: setup
-	$(PY) -m oyster_devnet.demo
+	$(PY) -m oyster_devnet.cli demo
 
 # The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices).
 test: setup
@@ -51,6 +52,20 @@ cgroups:
 
 cgroups-remove:
 	./cgroup_setup.sh --remove
+
+# Pins the product's runtime dependencies for the enclave image: a clean venv with only the product.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check .
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude oyster-executor; } \
+		> requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv build
+
+# The enclave image (needs a Docker engine), then `nitro-cli build-enclave` (docs/operator.md).
+image:
+	docker build -f Dockerfile.nitro -t oyster-executor:enclave .
 
 bench: setup
 	$(PY) -m benchmarks.run

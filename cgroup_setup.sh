@@ -7,7 +7,7 @@ PROG=$(basename "$0")
 
 usage() {
     cat <<EOF
-Usage: $PROG [--parent NAME] [--count N] [--memory-max SIZE] [--cpu-max "QUOTA PERIOD"] [--remove]
+Usage: $PROG [--parent NAME] [--count N] [--first K] [--memory-max SIZE] [--cpu-max "QUOTA PERIOD"] [--remove]
 
 Creates the cgroup v2 slices workerd_1..N used by oyster-executor, under the cgroup2 mount found in
 /proc/self/mountinfo (or under NAME inside it), enables the memory and cpu controllers for them where
@@ -17,6 +17,9 @@ Options (each also settable by the environment variable shown):
   --parent NAME        parent group, relative to the cgroup2 mount; created if missing
                        (OYSTER_CGROUP_PARENT, default: the mount root itself)
   --count N            number of slices (OYSTER_CGROUP_COUNT, default 20)
+  --first K            number of the first slice: workerd_K..workerd_K+N-1, ports 11000+K..
+                       (OYSTER_CGROUP_FIRST, default 1; several executors on one host need
+                       disjoint numbers, as each slice's number fixes its port)
   --memory-max SIZE    memory.max of each slice (OYSTER_CGROUP_MEMORY_MAX, default 100M)
   --cpu-max "Q P"      cpu.max of each slice (OYSTER_CGROUP_CPU_MAX, default "50000 1000000")
   --remove             kill every process in the workerd_* slices, remove them, then remove the
@@ -34,6 +37,7 @@ usage_error() { echo "$PROG: $*" >&2; echo "Try '$PROG --help'." >&2; exit 2; }
 
 PARENT=${OYSTER_CGROUP_PARENT:-}
 COUNT=${OYSTER_CGROUP_COUNT:-20}
+FIRST=${OYSTER_CGROUP_FIRST:-1}
 MEMORY_MAX=${OYSTER_CGROUP_MEMORY_MAX:-100M}
 CPU_MAX=${OYSTER_CGROUP_CPU_MAX:-50000 1000000}
 REMOVE=0
@@ -44,6 +48,8 @@ while [ $# -gt 0 ]; do
         --parent=*) PARENT=${1#*=}; shift ;;
         --count) [ $# -ge 2 ] || usage_error "--count needs a value"; COUNT=$2; shift 2 ;;
         --count=*) COUNT=${1#*=}; shift ;;
+        --first) [ $# -ge 2 ] || usage_error "--first needs a value"; FIRST=$2; shift 2 ;;
+        --first=*) FIRST=${1#*=}; shift ;;
         --memory-max) [ $# -ge 2 ] || usage_error "--memory-max needs a value"; MEMORY_MAX=$2; shift 2 ;;
         --memory-max=*) MEMORY_MAX=${1#*=}; shift ;;
         --cpu-max) [ $# -ge 2 ] || usage_error "--cpu-max needs a value"; CPU_MAX=$2; shift 2 ;;
@@ -55,6 +61,8 @@ while [ $# -gt 0 ]; do
 done
 
 [[ "$COUNT" =~ ^[1-9][0-9]*$ ]] || usage_error "--count must be a positive integer, got '$COUNT'"
+[[ "$FIRST" =~ ^[1-9][0-9]*$ ]] || usage_error "--first must be a positive integer, got '$FIRST'"
+LAST=$((FIRST + COUNT - 1))
 PARENT=${PARENT#/}
 PARENT=${PARENT%/}
 case "/$PARENT/" in
@@ -151,7 +159,7 @@ create_slices() {
             "(cgroup.controllers: '$(cat "$PARENT_DIR/cgroup.controllers")'):" \
             "slices created WITHOUT ${missing// /\/} limits, they are NOT enforced" >&2
     fi
-    for i in $(seq 1 "$COUNT"); do
+    for i in $(seq "$FIRST" "$LAST"); do
         dir=$PARENT_DIR/workerd_$i
         mkdir -p "$dir"
         if [[ " $enabled " == *" memory "* ]]; then
@@ -163,12 +171,12 @@ create_slices() {
     done
     for dir in "$PARENT_DIR"/workerd_*; do
         i=${dir##*/workerd_}
-        if [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -gt "$COUNT" ]; then
-            echo "$PROG: note: $dir is beyond --count $COUNT and was left alone;" \
+        if [[ "$i" =~ ^[0-9]+$ ]] && { [ "$i" -gt "$LAST" ] || [ "$i" -lt "$FIRST" ]; }; then
+            echo "$PROG: note: $dir is outside workerd_$FIRST..workerd_$LAST and was left alone;" \
                 "the executor will use it (use --remove, then run again, to drop it)" >&2
         fi
     done
-    echo "$PROG: $COUNT slices workerd_1..workerd_$COUNT ready in $PARENT_DIR" \
+    echo "$PROG: $COUNT slices workerd_$FIRST..workerd_$LAST ready in $PARENT_DIR" \
         "(memory.max: $([[ " $enabled " == *" memory "* ]] && echo "$MEMORY_MAX" || echo "not enforced");" \
         "cpu.max: $([[ " $enabled " == *" cpu "* ]] && echo "$CPU_MAX" || echo "not enforced"))"
 }

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
-from executor import redact
+from executor import logs, redact
 from executor.errors import ExecutorError
 
 COMMAND_MODULES = (
@@ -21,6 +20,7 @@ COMMAND_MODULES = (
     "executor.commands.keygen",
     "executor.commands.run",
     "executor.commands.admin",
+    "executor.commands.doctor",
 )
 
 
@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity (default: INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.LOG_FORMATS,
+        help="text: human-readable lines (default); json: one JSON object per line",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -42,20 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    redact.install(handler)
-    logging.basicConfig(level=level, handlers=[handler])
-    # web3 logs RPC URLs (which may embed an API key) at INFO and request bodies at DEBUG.
-    for noisy in ("web3", "websockets", "urllib3", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def configure_logging(level: str, log_format: logs.LogFormat = "text") -> None:
+    logs.configure(level, log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         return int(args.handler(args))
     except ExecutorError as e:

@@ -1,15 +1,23 @@
-"""The operator's JSON config file (PROTOCOL §6) as one validated settings model.
+"""The operator's config (docs/protocol.md §6) as one validated settings model.
 
-The keys and their meaning are those of the original executor's config file, so existing
-operator files work unchanged. Validation happens once, at start-up, and every error names the
-key and the reason. Building ``Settings`` does no I/O beyond reading the JSON file; keys and
-cgroups are loaded by the parts that own them.
+The JSON file keeps the keys and meaning of the original executor's config file, so existing
+operator files work unchanged. Every key can also be set by an environment variable named
+``OYSTER_EXECUTOR_<KEY>`` (``OYSTER_EXECUTOR_COMMON_CHAIN_ID=421614``); numbers, ``null`` and URL
+lists are written as JSON (``OYSTER_EXECUTOR_HTTP_RPC_URL='["https://a/", "https://b/"]'``), a
+single URL or a path as plain text. Precedence: environment > file > defaults. Only variables with
+that prefix naming a config key are read; others (``OYSTER_EXECUTOR_GAS_KEY`` of ``admin init``)
+are ignored.
+
+Validation happens once, at start-up, and every error names the key and the reason (and the
+environment variable when the value came from one). Building ``Settings`` does no I/O beyond
+reading the JSON file; keys and cgroups are loaded by the parts that own them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -17,19 +25,26 @@ from urllib.parse import urlsplit
 from eth_utils import is_hex_address, to_checksum_address
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.types import EnvNoneType
 
 from executor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_FILE = Path("./oyster_serverless_executor_config.json")
+ENV_PREFIX = "OYSTER_EXECUTOR_"
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
 """How long running jobs may finish after the first SIGTERM (``serve --shutdown-grace``)."""
 
@@ -50,6 +65,13 @@ def _url_with_scheme(*schemes: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    return value
+
+
 def _one_or_many(value: Any) -> Any:
     if isinstance(value, str):
         return (value,)
@@ -64,12 +86,58 @@ WsUrl = Annotated[str, _url_with_scheme("ws", "wss")]
 HttpUrls = Annotated[tuple[HttpUrl, ...], BeforeValidator(_one_or_many)]
 """One URL (the original executor's form) or a list of them, tried in order (failover)."""
 WsUrls = Annotated[tuple[WsUrl, ...], BeforeValidator(_one_or_many)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+_JSON_VALUED = frozenset(
+    {
+        "secret_store_config_port",
+        "common_chain_id",
+        "execution_buffer_time",
+        "num_selected_executors",
+        "warm_workers",
+    }
+)
+"""Keys whose environment value is read as JSON (numbers and null); URL keys take JSON lists."""
+_URL_LISTS = frozenset({"http_rpc_url", "web_socket_url"})
 
 
-class Settings(BaseModel):
-    """Everything the operator configures. Field names are the JSON keys."""
+class _EnvSource(EnvSettingsSource):
+    """``OYSTER_EXECUTOR_<KEY>`` variables, decoded as the JSON file would hold them.
 
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
+    Numbers and ``null`` are JSON; a URL key takes one plain URL or a JSON list; paths, addresses
+    and the like are taken as written. A value that does not decode is passed on as text so that
+    validation names the key and the reason, as for the file.
+    """
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        if not isinstance(value, str) or isinstance(value, EnvNoneType):
+            return value  # EnvNoneType: the text "null", which sets the key to null
+        text = value.strip()
+        if field_name in _JSON_VALUED or (field_name in _URL_LISTS and text.startswith("[")):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return value
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything the operator configures. Field names are the JSON keys.
+
+    Build it with :meth:`load` (a file) or :meth:`from_mapping` (a dict); either way
+    ``OYSTER_EXECUTOR_<KEY>`` environment variables override the given values.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="ignore",
+        frozen=True,
+        strict=False,
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        env_parse_none_str="null",
+    )
 
     secret_store_config_port: int | None = Field(default=None, ge=1, le=65535)
     workerd_runtime_path: Path
@@ -88,6 +156,21 @@ class Settings(BaseModel):
     warm_workers: int | None = Field(default=None, ge=0)
     """How many free slices keep a warmed workerd ready for the next job: None = every slice,
     0 = none (every job spawns workerd cold)."""
+    metrics_addr: HostPort | None = None
+    """Serve Prometheus metrics on this HOST:PORT (``serve --metrics-addr`` overrides it)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first (it wins), then the file's values (passed as init arguments).
+        # No .env file and no secrets folder: the enclave has neither.
+        return (_EnvSource(settings_cls), init_settings)
 
     @field_validator(
         "common_chain_id",
@@ -133,10 +216,14 @@ class Settings(BaseModel):
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             logger.warning("config: ignoring unknown keys %s", ", ".join(unknown))
+        overridden = env_overrides()
+        if overridden:
+            logger.info("config: keys set by the environment: %s", ", ".join(sorted(overridden)))
         try:
-            return cls.model_validate(data)
+            # Only the exact key names: the settings machinery would also match other spellings.
+            return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
         except ValidationError as e:
-            raise _first_error(e, data) from e
+            raise _first_error(e, data, overridden) from e
 
     @classmethod
     def load(cls, path: Path) -> Settings:
@@ -153,8 +240,23 @@ class Settings(BaseModel):
         return cls.from_mapping(data)
 
 
+def env_var(key: str) -> str:
+    """The environment variable that overrides config key ``key``."""
+    return ENV_PREFIX + key.upper()
+
+
+def env_overrides() -> dict[str, str]:
+    """Config keys set by the environment, mapped to the variable that sets each."""
+    present = {name.upper() for name in os.environ}
+    return {key: env_var(key) for key in Settings.model_fields if env_var(key) in present}
+
+
+def _env_value(name: str) -> str:
+    return next((v for k, v in os.environ.items() if k.upper() == name), "")
+
+
 def ws_url_with_key(url: str, api_key: str) -> str:
-    """The websocket URL with the API key put after its last ``/`` (PROTOCOL §6).
+    """The websocket URL with the API key put after its last ``/`` (docs/protocol.md §6).
 
     ``wss://host/v2/`` + ``KEY`` gives ``wss://host/v2/KEY``; a URL without a path gets one.
     """
@@ -165,14 +267,22 @@ def ws_url_with_key(url: str, api_key: str) -> str:
     return f"{scheme}://{head}/{api_key}"
 
 
-def _first_error(e: ValidationError, data: dict[str, Any]) -> ConfigError:
+def _first_error(
+    e: ValidationError, data: dict[str, Any], overridden: dict[str, str]
+) -> ConfigError:
     err = e.errors()[0]
     loc = err["loc"]
     key = str(loc[0]) if loc else "(root)"
+    if key in overridden:
+        given_as_list = _env_value(overridden[key]).lstrip().startswith("[")
+    else:
+        given_as_list = isinstance(data.get(key), list)
     if err["type"] == "missing":
         return ConfigError(key, "is required but missing")
     message = err["msg"].removeprefix("Value error, ")
-    if len(loc) > 1 and isinstance(loc[1], int) and isinstance(data.get(key), list):
+    if len(loc) > 1 and isinstance(loc[1], int) and given_as_list:
         message = f"entry {loc[1]}: {message}"
+    if key in overridden:
+        message += f" (set by environment variable {overridden[key]})"
     extra = f" ({len(e.errors()) - 1} more error(s))" if len(e.errors()) > 1 else ""
     return ConfigError(key, message + extra)

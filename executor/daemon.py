@@ -1,6 +1,7 @@
 """The daemon: owns the event loop's lifetime, starts the parts in order, stops them in reverse.
 
-Order: settings -> enclave key -> cgroup slices + sandbox -> chain clients -> service -> admin site.
+Order: settings -> enclave key -> cgroup slices + sandbox -> chain clients -> service -> admin site
+-> metrics site (opt-in, its own TCP address: never the admin socket).
 The first SIGTERM/SIGINT stops taking jobs and lets running ones finish within a bound; a second
 one forces the stop.
 """
@@ -19,11 +20,12 @@ from aiohttp import web
 from executor import redact
 from executor.admin.app import build_admin_app
 from executor.admin.secret_store import SecretStoreClient
-from executor.admin.sites import ListenAddress, VsockSite
+from executor.admin.sites import ListenAddress, VsockSite, parse_tcp_addr
 from executor.chain.rpc import RpcEndpoints
 from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
+from executor.metrics import Metrics, metrics_app
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.runner import Sandbox
 from executor.service import ExecutorService
@@ -40,8 +42,12 @@ class Daemon:
         cgroup_parent: Path | None = None,
         unconfined: bool = False,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+        metrics_addr: str | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = Metrics()
+        self._metrics_addr = metrics_addr or settings.metrics_addr
+        self.metrics_url = ""
         self.listen = listen
         self._cgroup_parent = cgroup_parent
         self._unconfined = unconfined
@@ -92,6 +98,7 @@ class Daemon:
             )
             limits = pool.limits()
             (logger.info if limits.enforced else logger.warning)("%s", limits.describe())
+        self.metrics.watch_slices(pool)
         sandbox = Sandbox(
             workerd_bin=s.workerd_binary,
             runtime_path=s.workerd_runtime_path,
@@ -117,7 +124,9 @@ class Daemon:
             execute=sandbox.execute,
             job_capacity=job_capacity,
             secret_store=store,
+            metrics=self.metrics,
         )
+        self.metrics.watch_node_state(lambda: service.status.value)
         self.service = service
         self._stack.push_async_callback(service.close, self._grace_s, self.force_stop)
 
@@ -140,6 +149,23 @@ class Daemon:
             ) from e
         self.admin_url = _site_url(runner, self.listen)
         logger.info("admin API listening on %s", self.admin_url)
+        if self._metrics_addr:
+            await self._serve_metrics(self._metrics_addr)
+
+    async def _serve_metrics(self, addr: str) -> None:
+        try:
+            where = parse_tcp_addr(addr)
+        except ConfigError as e:
+            raise ConfigError("--metrics-addr", e.reason) from e
+        runner = web.AppRunner(metrics_app(self.metrics), access_log=None, handle_signals=False)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        try:
+            await web.TCPSite(runner, where.host, where.port).start()
+        except OSError as e:
+            raise ExecutorError(f"cannot serve metrics on {addr}: {e.strerror or e}") from e
+        self.metrics_url = _site_url(runner, where) + "metrics"
+        logger.info("Prometheus metrics on %s", self.metrics_url)
 
     async def serve_until_signalled(self) -> None:
         """Start, serve until SIGTERM/SIGINT, stop. A second signal cancels running jobs at once."""

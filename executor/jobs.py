@@ -31,12 +31,16 @@ from executor.chain.jobs_contract import (
 from executor.chain.signer import EnclaveKey
 from executor.chain.txs import TxManager, TxOutcome, TxStatus
 from executor.errors import ChainError, SandboxError
+from executor.logs import job_label
+from executor.metrics import NO_METRICS, Metrics
 from executor.outcome import ErrorCode, JobOutcome
 
 logger = logging.getLogger(__name__)
 
 SLASH_RETRY_S = 20.0
-"""A slash refused as "not due yet" is retried for about 20 s of chain time (PROTOCOL §3)."""
+"""A slash refused as "not due yet" is retried for about 20 s of chain time.
+
+docs/protocol.md §3."""
 SLASHED_KEPT = 256
 SLASH_RETRY_INTERVAL_S = 1.0
 """Between retries of a slash that is not due: the next block, or this long at most."""
@@ -73,15 +77,17 @@ class JobRunner:
         execute: ExecuteFn,
         txm: TxManager,
         context: JobContext,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._key = key
         self._fetcher = fetcher
         self._execute = execute
         self._txm = txm
         self._ctx = context
+        self._metrics = metrics
 
     def output_window_end(self, job: JobCreated) -> float:
-        """Chain time (s) after which the contract refuses the job's output (PROTOCOL §2):
+        """Chain time (s) after which the contract refuses the job's output (docs/protocol.md §2):
         ``execStartTime + deadline/1000 + executionBufferTime``."""
         start = job.position.block_timestamp
         if start is None:  # the node omitted the log's block timestamp: our clock instead
@@ -91,24 +97,58 @@ class JobRunner:
     async def run(self, job: JobCreated) -> TxOutcome | None:
         """Execute ``job`` and submit its outcome; None if no submission was made.
 
-        Cancelling it (a reorg removed the job) withdraws an output still pending."""
-        clock = JobClock()
-        label = f"job {job.job_id}"
-        valid_until = self.output_window_end(job)
-        try:
-            outcome = await self._outcome(job, clock)
-        except (ChainError, SandboxError) as e:
-            logger.error("%s: not executed, no output submitted: %s", label, e)
-            return None
-        logger.info(
-            "%s: outcome error_code=%d (%s) output=%dB total_time=%dms",
-            label,
-            outcome.error_code,
-            outcome.error_code.name,
-            len(outcome.output),
-            outcome.total_time_ms,
-        )
-        return await self.submit(job.job_id, outcome, valid_until=valid_until)
+        The one place that labels and times a job: every line logged meanwhile (here, in the
+        sandbox, in the transaction manager) carries the job id, and the job ends in one summary
+        line (id, error code, time, tx hash) and one duration sample. Cancelling it (a reorg
+        removed the job) withdraws an output still pending.
+        """
+        with job_label(job.job_id):
+            clock = JobClock()
+            label = f"job {job.job_id}"
+            valid_until = self.output_window_end(job)
+            try:
+                outcome = await self._outcome(job, clock)
+            except (ChainError, SandboxError) as e:
+                logger.error("%s: not executed: %s", label, e)
+                self._metrics.job_not_submitted("not_executed")
+                self._summary(label, None, None, clock)
+                return None
+            self._metrics.job_outcome(outcome.error_code)
+            logger.debug("%s: outcome %d, %dB", label, outcome.error_code, len(outcome.output))
+            sent = await self.submit(job.job_id, outcome, valid_until=valid_until)
+            if not sent.mined:
+                self._metrics.job_not_submitted(sent.status.value)
+            self._summary(label, outcome, sent, clock)
+            return sent
+
+    def _summary(
+        self, label: str, outcome: JobOutcome | None, sent: TxOutcome | None, clock: JobClock
+    ) -> None:
+        elapsed_s = clock.elapsed_ms() / 1000
+        self._metrics.job_finished(elapsed_s)
+        if outcome is None:
+            logger.warning("%s: done in %.2fs: NOT executed, no output submitted", label, elapsed_s)
+        elif sent is None or not sent.mined:
+            logger.warning(
+                "%s: done in %.2fs: error_code=%d (%s) total_time=%dms, output NOT accepted (%s)",
+                label,
+                elapsed_s,
+                outcome.error_code,
+                outcome.error_code.name,
+                outcome.total_time_ms,
+                sent.status.value if sent is not None else "not sent",
+            )
+        else:
+            logger.info(
+                "%s: done in %.2fs: error_code=%d (%s) total_time=%dms output=%dB tx %s",
+                label,
+                elapsed_s,
+                outcome.error_code,
+                outcome.error_code.name,
+                outcome.total_time_ms,
+                len(outcome.output),
+                sent.tx_hash,
+            )
 
     async def _outcome(self, job: JobCreated, clock: JobClock) -> JobOutcome:
         fetched = await self._fetcher.fetch(job.codehash)
@@ -122,7 +162,7 @@ class JobRunner:
             label=str(job.job_id),
         )
         if outcome.error_code == ErrorCode.DEADLINE_EXCEEDED:
-            return outcome  # totalTime = deadline (PROTOCOL §3)
+            return outcome  # totalTime = deadline (docs/protocol.md §3)
         return dataclasses.replace(outcome, total_time_ms=clock.elapsed_ms())
 
     async def submit(self, job_id: int, outcome: JobOutcome, *, valid_until: float) -> TxOutcome:
@@ -154,7 +194,7 @@ class JobRunner:
             gas_limit=submit_output_gas_bound(data),
         )
         if sent.mined:
-            logger.info(
+            logger.debug(
                 "%s: accepted in tx %s (nonce %s, block %s)",
                 label,
                 sent.tx_hash,

@@ -40,6 +40,7 @@ from executor.chain.events import (
     TeeNodeRegistered,
     TeeNodeRevived,
 )
+from executor.logs import job_label
 from executor.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
@@ -179,10 +180,11 @@ class TimeoutWatch:
             self.forget(job_id)
 
     async def _fire_after(self, job_id: int, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        self._timers.pop(job_id, None)
-        self._needed.pop(job_id, None)
-        await self.slash(job_id)
+        with job_label(job_id):
+            await asyncio.sleep(delay_s)
+            self._timers.pop(job_id, None)
+            self._needed.pop(job_id, None)
+            await self.slash(job_id)
 
     async def slash(self, job_id: int) -> bool:
         """Send the slash now; True when this node's slash was mined."""
@@ -300,7 +302,8 @@ class ChainFollower:
             self._on_removed(event.event)
         elif isinstance(event, (JobCreated, JobResponded)):
             if event.position.address == self._jobs_contract:
-                self._handle_job_event(event)
+                with job_label(event.job_id):  # log lines (and the job's task) carry the id
+                    self._handle_job_event(event)
         elif event.position.address == self._tee_manager:
             self._handle_node_event(event)
 

@@ -10,7 +10,7 @@ MAX_OUTPUT_BYTES = 20 * 1024
 
 
 class ErrorCode(IntEnum):
-    """The uint8 ``errorCode`` submitted with a job output (PROTOCOL §3)."""
+    """The uint8 ``errorCode`` submitted with a job output (docs/protocol.md §3)."""
 
     OK = 0
     CODE_TX_NOT_FOUND = 1

@@ -36,6 +36,7 @@ from executor.chain.txs import TxManager
 from executor.config import Settings
 from executor.errors import ChainError
 from executor.jobs import ExecuteFn, JobContext, JobRunner, Slasher
+from executor.metrics import NO_METRICS, Metrics
 from executor.node import ChainFollower, NodeStatus, TimeoutWatch
 from executor.tasks import TaskSet
 
@@ -53,7 +54,9 @@ class ExecutorService:
         execute: ExecuteFn,
         job_capacity: int,
         secret_store: SecretStoreClient | None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.key = key
         self.job_capacity = job_capacity
@@ -63,7 +66,7 @@ class ExecutorService:
         self._ws_api_key = ""
         self._w3 = w3
         self._clients = tuple(clients) or (w3,)
-        self.txm = TxManager(w3, self._clients, settings.common_chain_id)
+        self.txm = TxManager(w3, self._clients, settings.common_chain_id, metrics=metrics)
         self.executions = TaskSet("jobs")
         self._timers = TaskSet("timeouts")
         self._following = TaskSet("follow")
@@ -83,6 +86,7 @@ class ExecutorService:
             execute=execute,
             txm=self.txm,
             context=JobContext(settings.jobs_contract_addr, settings.execution_buffer_time),
+            metrics=metrics,
         )
         self.follower = ChainFollower(
             enclave_address=key.address,
@@ -158,6 +162,7 @@ class ExecutorService:
             topics=[["0x" + e.topic0().hex() for e in NODE_EVENTS + JOB_EVENTS]],
             from_block=from_block,
             name="chain",
+            metrics=self.metrics,
         )
         self._following.spawn(self.follower.follow(self._stream.events()), name="follower")
 

@@ -27,7 +27,7 @@ SUBMIT_OUTPUT_FIELDS = [
 def typed_data(
     domain_name: str, primary: str, fields: list[Any], message: dict[str, Any]
 ) -> SignableMessage:
-    """A domain with only name and version "1" (PROTOCOL §2)."""
+    """A domain with only name and version "1" (docs/protocol.md §2)."""
     return encode_typed_data(
         full_message={
             "types": {

@@ -1,4 +1,4 @@
-"""The admin API of PROTOCOL §6 over a real socket, with and without a secret store."""
+"""The admin API of docs/protocol.md §6 over a real socket, with and without a secret store."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +100,23 @@ def test_setup_script_is_idempotent_reports_controllers_and_removes() -> None:
             run_setup("--parent", name, "--remove", check=False)
 
 
+def test_setup_script_first_numbers_the_slices_from_k() -> None:
+    mount = cgroup2_mount_or_skip()
+    name = f"oyster-test-first-{os.getpid()}"
+    try:
+        made = run_setup("--parent", name, "--count", "2", "--first", "7")
+        assert "workerd_7..workerd_8" in made.stdout
+        pool = SlicePool.discover(mount / name)
+        assert [(s.name, s.port) for s in pool.slices] == [
+            ("workerd_7", 11007),
+            ("workerd_8", 11008),
+        ]
+    finally:
+        run_setup("--parent", name, "--remove")
+    bad = run_setup("--first", "0", check=False)
+    assert bad.returncode == 2 and "--first must be a positive integer" in bad.stderr
+
+
 def test_setup_script_rejects_bad_usage_and_non_root() -> None:
     help_ = subprocess.run([SETUP_SCRIPT, "--help"], capture_output=True, text=True, check=False)
     assert help_.returncode == 0 and "--remove" in help_.stdout
@@ -118,12 +137,20 @@ def test_setup_script_rejects_bad_usage_and_non_root() -> None:
     )
     assert no_cgroup2.returncode == 1 and "not a cgroup v2 mount" in no_cgroup2.stderr
 
-    as_nobody = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SETUP_SCRIPT],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # nobody may not be able to enter the checkout (a clone under /root or in a 0700 mktemp -d):
+    # run a copy from a folder anyone can read, so only the script's own root check is tested.
+    with tempfile.TemporaryDirectory(prefix="oyster-setup-") as folder:
+        os.chmod(folder, 0o755)
+        script = Path(folder) / "cgroup_setup.sh"
+        shutil.copy(SETUP_SCRIPT, script)
+        script.chmod(0o755)
+        as_nobody = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script)],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=folder,
+        )
     assert as_nobody.returncode == 1
     assert "must be run as root" in as_nobody.stderr
 

@@ -1,4 +1,4 @@
-"""Decoding the user's code from saveCodeInCallData calldata (PROTOCOL §3 step 1)."""
+"""Decoding the user's code from saveCodeInCallData calldata (docs/protocol.md §3 step 1)."""
 
 from __future__ import annotations
 

@@ -84,8 +84,10 @@ def test_secret_store_port_is_optional(port: Any) -> None:
 
 
 def test_unknown_keys_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    Settings.from_mapping(with_(jobs_contract_adr="typo"))
+    Settings.from_mapping(with_(jobs_contract_adr="typo", Common_Chain_Id=1))
     assert "jobs_contract_adr" in caplog.text
+    assert "Common_Chain_Id" in caplog.text
+    assert Settings.from_mapping(with_(Common_Chain_Id=1)).common_chain_id == 421614
 
 
 def test_file_errors_are_clear(tmp_path: Path) -> None:
@@ -143,3 +145,112 @@ def test_bad_rpc_url_lists_name_the_key_and_entry(value: Any, fragment: str) -> 
         Settings.from_mapping(with_(http_rpc_url=value))
     assert e.value.key == "http_rpc_url"
     assert fragment in str(e.value)
+
+
+# --- environment overrides (OYSTER_EXECUTOR_<KEY>): environment > file > defaults ------------
+
+ORIGINAL_EXECUTOR_FILE = """{
+  "secret_store_config_port": 6002,
+  "workerd_runtime_path": "./runtime/",
+  "secret_store_path": "../store",
+  "common_chain_id": 421614,
+  "http_rpc_url": "https://arb-sepolia.g.alchemy.com/v2/",
+  "web_socket_url": "wss://arb-sepolia.g.alchemy.com/v2/",
+  "tee_manager_contract_addr": "0xFbc9cB063848Db801B382A1Da13E5A213dD378c0",
+  "jobs_contract_addr": "0x4e3F2A2b2C3b6eA3B5F7b0B8d1A0F93b3E7D8e3C",
+  "code_contract_addr": "0x44fe06d2940b8782a0a9a9ffd09c65852c0156b1",
+  "enclave_signer_file": "./id.sec",
+  "execution_buffer_time": 60,
+  "num_selected_executors": 1
+}
+"""
+"""The original executor's key set, as an operator's existing file holds it."""
+
+
+def test_original_executor_file_loads_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "oyster_serverless_executor_config.json"
+    path.write_text(ORIGINAL_EXECUTOR_FILE)
+    s = Settings.load(path)
+    assert s.common_chain_id == 421614
+    assert s.http_rpc_urls == ("https://arb-sepolia.g.alchemy.com/v2/",)
+    assert s.ws_url_with_key("KEY") == "wss://arb-sepolia.g.alchemy.com/v2/KEY"
+    assert s.code_contract_addr.lower() == "0x44fe06d2940b8782a0a9a9ffd09c65852c0156b1"
+    assert (s.warm_workers, s.metrics_addr) == (None, None)  # optional keys keep their defaults
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OYSTER_EXECUTOR_COMMON_CHAIN_ID", "31337")
+    monkeypatch.setenv("OYSTER_EXECUTOR_ENCLAVE_SIGNER_FILE", "/run/keys/id.sec")
+    monkeypatch.setenv("OYSTER_EXECUTOR_JOBS_CONTRACT_ADDR", "0x" + "ab" * 20)
+    monkeypatch.setenv("oyster_executor_num_selected_executors", "3")  # names are case-blind
+    s = Settings.from_mapping(VALID)
+    assert s.common_chain_id == 31337
+    assert s.enclave_signer_file == Path("/run/keys/id.sec")
+    assert s.jobs_contract_addr.lower() == "0x" + "ab" * 20
+    assert s.num_selected_executors == 3
+    assert s.execution_buffer_time == 60  # not overridden: the file's value
+
+
+def test_environment_overrides_defaults_and_fills_missing_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = dict(VALID)
+    del data["execution_buffer_time"]
+    monkeypatch.setenv("OYSTER_EXECUTOR_EXECUTION_BUFFER_TIME", "15")
+    monkeypatch.setenv("OYSTER_EXECUTOR_WARM_WORKERS", "0")
+    monkeypatch.setenv("OYSTER_EXECUTOR_SECRET_STORE_CONFIG_PORT", "null")
+    monkeypatch.setenv("OYSTER_EXECUTOR_METRICS_ADDR", "127.0.0.1:9102")
+    s = Settings.from_mapping(data)
+    assert s.execution_buffer_time == 15
+    assert s.warm_workers == 0
+    assert s.secret_store_config_port is None
+    assert s.metrics_addr == "127.0.0.1:9102"
+
+
+def test_url_lists_come_from_the_environment_as_json_or_one_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "OYSTER_EXECUTOR_HTTP_RPC_URL", '["https://a.example/", "https://b.example/"]'
+    )
+    monkeypatch.setenv("OYSTER_EXECUTOR_WEB_SOCKET_URL", "wss://c.example/v2/")
+    s = Settings.from_mapping(VALID)
+    assert s.http_rpc_urls == ("https://a.example/", "https://b.example/")
+    assert s.web_socket_urls == ("wss://c.example/v2/",)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "key", "fragment"),
+    [
+        ("OYSTER_EXECUTOR_COMMON_CHAIN_ID", "mainnet", "common_chain_id", "must be an integer"),
+        ("OYSTER_EXECUTOR_HTTP_RPC_URL", '["https://a/", "ws://b/"]', "http_rpc_url", "entry 1"),
+        ("OYSTER_EXECUTOR_HTTP_RPC_URL", "[not json", "http_rpc_url", "http or https URL"),
+        ("OYSTER_EXECUTOR_METRICS_ADDR", "9102", "metrics_addr", "HOST:PORT"),
+    ],
+)
+def test_bad_environment_values_name_the_key_and_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, key: str, fragment: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as e:
+        Settings.from_mapping(VALID)
+    assert e.value.key == key
+    assert fragment in str(e.value)
+    assert f"environment variable {var}" in str(e.value)
+    assert str(e.value).startswith(f"config key '{key}': ")
+
+
+def test_other_prefixed_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # admin init reads OYSTER_EXECUTOR_GAS_KEY; it is not a config key and must not break loading.
+    monkeypatch.setenv("OYSTER_EXECUTOR_GAS_KEY", "0x" + "11" * 32)
+    monkeypatch.setenv("OYSTER_EXECUTOR_NO_SUCH_KEY", "whatever")
+    monkeypatch.setenv("COMMON_CHAIN_ID", "1")  # unprefixed: never read
+    s = Settings.from_mapping(VALID)
+    assert s.common_chain_id == 421614
+    assert not hasattr(s, "gas_key")
+
+
+def test_example_config_loads_with_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OYSTER_EXECUTOR_COMMON_CHAIN_ID", "421614")
+    example = Path(__file__).parents[1] / "config.example.json"
+    assert Settings.load(example).common_chain_id == 421614

@@ -1,7 +1,7 @@
 """The devnet contracts and their Python tooling, against a real anvil.
 
 Signatures are made here with eth-account's EIP-712 encoder, independently of the project's signer,
-so these tests pin the contracts to PROTOCOL §2 rather than to our own implementation of it.
+so these tests pin the contracts to docs/protocol.md §2 rather than to our own implementation of it.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def declaration(entry: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_MEMBERS))
 def test_abis_hold_exactly_the_protocol_members(name: str) -> None:
-    """contracts/abi is what the executor talks to production with: PROTOCOL §1, nothing else."""
+    """contracts/abi is what the executor talks to production with (docs/protocol.md §1)."""
     interface = json.loads((REPO_ROOT / "contracts" / "abi" / f"{name}.json").read_text())
     assert {declaration(entry) for entry in interface} == PROTOCOL_MEMBERS[name]
     # the devnet contract implements each member with the same names (the compiler checks types)

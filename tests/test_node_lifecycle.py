@@ -1,5 +1,5 @@
 """The node's on-chain life on a real anvil: registration, drain / revive / deregister, slashing of
-jobs nobody answered, and gas key rotation while running (PROTOCOL §3, §6)."""
+jobs nobody answered, and gas key rotation while running (docs/protocol.md §3, §6)."""
 
 from __future__ import annotations
 

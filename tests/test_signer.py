@@ -1,4 +1,4 @@
-"""Enclave key handling and the EIP-712 digests/signatures of PROTOCOL §2."""
+"""Enclave key handling and the EIP-712 digests/signatures of docs/protocol.md §2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""The transaction manager under faults, on a real anvil (PROTOCOL §7 lists the anvil behaviours).
+"""The transaction manager under faults, on a real anvil.
+
+anvil (1.7.1) behaves unlike geth in ways these tests rely on: when a block's base fee rises above
+a pooled transaction's fee cap, anvil deletes it (and the sender's later nonces) from its pool, so
+it has no receipt and ``eth_getTransactionByHash`` returns null, where geth would keep it pending;
+a new transaction below the base fee is refused; ``anvil_setNextBlockBaseFeePerGas`` sets the next
+block's base fee only; ``evm_setAutomine false`` + ``evm_mine`` mines on demand.
 
 Outputs are signed by a registered enclave key and sent through the real ``JobRunner.submit`` and
 ``TxManager``; the devnet contract checks each one (signature, window), so a JobResponded proves

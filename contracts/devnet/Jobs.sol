@@ -197,7 +197,7 @@ contract Jobs is IJobs {
         if (job.jobOwner == address(0)) revert JobsJobNotFound(jobId);
     }
 
-    /// @dev PROTOCOL section 2: outputs are accepted until execStartTime + deadline + buffer (ms).
+    /// @dev docs/protocol.md section 3: outputs are accepted until execStartTime + deadline + buffer (ms).
     function _windowClosed(Job storage job) private view returns (bool) {
         return block.timestamp * 1000 > job.execStartTime * 1000 + job.deadline + EXECUTION_BUFFER_TIME * 1000;
     }

@@ -2,7 +2,7 @@
 pragma solidity ^0.8.20;
 
 /// @title The members of the Oyster serverless Jobs contract that the executor uses.
-/// @notice Exactly the production events and functions (PROTOCOL section 1); the production
+/// @notice Exactly the production events and functions (docs/protocol.md section 1); the production
 /// contract adds staking, payments and executor selection, which the executor does not depend on.
 interface IJobs {
     /// @param deadline the execution deadline in milliseconds

@@ -2,7 +2,7 @@
 pragma solidity ^0.8.20;
 
 /// @title The members of the Oyster TeeManager contract that the executor uses.
-/// @notice Exactly the production events (PROTOCOL section 1); the production contract adds
+/// @notice Exactly the production events (docs/protocol.md section 1); the production contract adds
 /// attestation checks and staking, which the executor does not depend on.
 interface ITeeManager {
     event TeeNodeRegistered(

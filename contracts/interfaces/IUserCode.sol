@@ -2,7 +2,7 @@
 pragma solidity ^0.8.20;
 
 /// @title The Oyster UserCode contract: user JavaScript lives in transaction calldata.
-/// @notice Exactly the production members (PROTOCOL section 1).
+/// @notice Exactly the production members (docs/protocol.md section 1).
 interface IUserCode {
     event CodeCreated(address indexed owner, bytes metadata);
 

@@ -1,4 +1,4 @@
-"""The operator's admin HTTP API (PROTOCOL §6), as an aiohttp application.
+"""The operator's admin HTTP API (docs/protocol.md §6), as an aiohttp application.
 
 It is served over vsock in production (``executor.admin.sites``). Every request is validated and
 answered with a message that names the problem; nothing an operator sends can crash the daemon.

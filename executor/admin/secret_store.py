@@ -1,7 +1,8 @@
 """Client of the enclave's secret store config API (a sibling service on 127.0.0.1).
 
 The executor forwards the operator's config to it and reads its gas address and storage capacity
-(PROTOCOL §6). Every failure raises ``SecretStoreError`` with a message fit for the operator.
+(docs/protocol.md §6). Every failure raises ``SecretStoreError`` with a message fit for the
+operator.
 """
 
 from __future__ import annotations

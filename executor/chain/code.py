@@ -1,4 +1,5 @@
-"""Fetch a job's JavaScript from its UserCode transaction, verified against ``codehash``.
+"""Fetch a job's JavaScript from its UserCode transaction, verified against ``codehash``
+(docs/protocol.md §3 step 1).
 
 The user's code is never stored in contract state: it is the ``inputData`` argument of the
 ``saveCodeInCallData(string,bytes)`` call in the transaction whose hash is the job's ``codehash``

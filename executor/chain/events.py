@@ -1,4 +1,4 @@
-"""Typed chain events and their decoding from raw logs (PROTOCOL §1).
+"""Typed chain events and their decoding from raw logs (docs/protocol.md §1).
 
 Decoding is strict: a log whose topics or data do not fit its event's shape raises
 ``EventDecodeError`` (the listener logs it and carries on), so a malformed or spoofed log never

@@ -1,4 +1,4 @@
-"""The Jobs contract's calls, in one place (PROTOCOL §1-§2).
+"""The Jobs contract's calls, in one place (docs/protocol.md §1-§2).
 
 * ``submitOutput`` and ``slashOnExecutionTimeout`` calldata;
 * the ``SubmitOutput`` EIP-712 typed data (field order, type hash, digest) and its signature;

@@ -58,6 +58,7 @@ from executor.chain.events import (
 )
 from executor.chain.window import ChainWindow
 from executor.chain.wsmessages import parse_head, parse_log, parse_notification
+from executor.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ class LogStream:
         from_block: int,
         name: str = "logs",
         reorg_window: int = REORG_WINDOW_BLOCKS,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self._metrics = metrics
         self._ws_urls = ws_urls
         self._w3 = w3
         self._filter: dict[str, Any] = {"address": list(addresses), "topics": list(topics)}
@@ -162,6 +165,7 @@ class LogStream:
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     def _failed(self, e: BaseException, backoff: float, endpoints: int) -> None:
+        self._metrics.ws_reconnect()
         health = self.health
         health.connected = False
         health.failures += 1
@@ -329,6 +333,7 @@ class LogStream:
         self._window.note_head(head.number, head.block_hash)
         self._remember_timestamp(head.block_hash, head.timestamp)
         self.health.last_block = self._window.head
+        self._metrics.last_block(head.number)
         return head
 
     async def _reconcile(self) -> list[StreamItem]:
@@ -401,6 +406,7 @@ class LogStream:
             start = end + 1
         # Logs of the head block may still arrive via the subscription: keep it re-readable.
         self._cursor = max(self._cursor, head)
+        self._metrics.last_block(self._cursor)
         return items
 
     def _decode(self, log: dict[str, Any]) -> ChainEvent | None:
@@ -428,6 +434,7 @@ class LogStream:
         self._window.add(event)
         if pos.block_number > self._cursor:
             self._cursor = pos.block_number
+            self._metrics.last_block(self._cursor)
         return event
 
     async def _timestamp(self, pos: LogPosition) -> int | None:

@@ -1,4 +1,4 @@
-"""The enclave's secp256k1 key: loading, addresses, EIP-712 digests and signatures (PROTOCOL §2).
+"""The enclave key: loading, addresses, EIP-712 digests and signatures (docs/protocol.md §2).
 
 Both EIP-712 domains have only ``name`` and ``version`` (no chainId, no verifyingContract), so the
 digests are computed here directly rather than through a generic typed-data encoder. The

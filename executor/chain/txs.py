@@ -37,6 +37,7 @@ from executor.chain.txpolicy import (
     retry_transient,
     revert_data,
 )
+from executor.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,13 @@ class TxManager:
         *,
         poll_s: float = 0.25,
         idle_poll_s: float = 1.0,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         """``w3`` for reads; signed transactions go to every client of ``broadcast``.
         The head is polled every ``poll_s`` while transactions are in flight, else every
         ``idle_poll_s``."""
         self._w3 = w3
+        self._metrics = metrics
         self._broadcaster = Broadcaster(broadcast or [w3])
         self._chain_id = chain_id
         self._poll_s = poll_s
@@ -161,7 +164,25 @@ class TxManager:
         ``gas_limit=None`` pre-checks the call with ``eth_estimateGas`` (a refusal then sends
         nothing); a given bound skips that round trip. Cancelling the caller while the tx is
         pending withdraws it (same nonce, a no-op): then CancelledError propagates as usual.
+        Every outcome is counted in the ``transactions_total`` metric.
         """
+        try:
+            outcome = await self._submit(to, data, kind, job_id, valid_until, gas_limit)
+        except asyncio.CancelledError:
+            self._metrics.transaction(kind, "withdrawn")
+            raise
+        self._metrics.transaction(kind, outcome.status.value)
+        return outcome
+
+    async def _submit(
+        self,
+        to: str,
+        data: bytes,
+        kind: TxKind,
+        job_id: int,
+        valid_until: float | None,
+        gas_limit: int | None,
+    ) -> TxOutcome:
         label = f"job {job_id} {kind}"
         account = self._account
         if self._closing:

@@ -42,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DEVELOPMENT ONLY: run user code without cgroup slices",
     )
     parser.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+        "overrides the config key metrics_addr)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=DEFAULT_SHUTDOWN_GRACE_S,
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         cgroup_parent=args.cgroup_parent,
         unconfined=args.unconfined_dev,
         shutdown_grace_s=args.shutdown_grace,
+        metrics_addr=args.metrics_addr,
     )
     asyncio.run(daemon.serve_until_signalled())
     return 0

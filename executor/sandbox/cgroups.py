@@ -1,4 +1,4 @@
-"""The pool of cgroup v2 slices that confine workerd: one job per slice at a time (PROTOCOL §5).
+"""The pool of cgroup v2 slices that confine workerd, one job per slice (docs/protocol.md §5).
 
 Slices are the groups ``workerd_<N>`` that ``cgroup_setup.sh`` creates under a parent group (by
 default the cgroup2 mount root). Slice ``workerd_N`` owns the port ``11000 + N``.

@@ -1,7 +1,7 @@
 """Run one job's code in workerd, confined to a cgroup slice; turn what happens into a JobOutcome.
 
-This implements the execution half of PROTOCOL §3 (error codes 0, 3, 4, 5). Anything the protocol
-has no code for raises ``SandboxError`` and the caller submits nothing.
+This implements the execution half of docs/protocol.md §3 (error codes 0, 3, 4, 5). Anything the
+protocol has no code for raises ``SandboxError`` and the caller submits nothing.
 
 ``total_time_ms`` is measured from the moment the sandbox takes the job (waiting for a free slice
 when all are busy, which is normally no wait at all; writing the job's two files, well under a

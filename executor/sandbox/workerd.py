@@ -49,7 +49,7 @@ def _capnp_string(value: str) -> str:
 
 
 def render_config(*, code_file: str, port: int, secret_file: str | None = None) -> str:
-    """The Cap'n Proto text config of PROTOCOL §4.
+    """The Cap'n Proto text config of docs/protocol.md §4.
 
     ``code_file`` and ``secret_file`` are embedded, so they are paths relative to the config file's
     folder. ``port`` 0 lets the kernel pick a free port (reported through the control fd).

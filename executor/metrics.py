@@ -1,0 +1,166 @@
+"""Prometheus metrics of one daemon, served on their own opt-in address (never the admin socket).
+
+Each daemon owns a ``Metrics`` with its own registry, so several daemons can run in one process
+(the tests do). The parts that produce a fact call one clearly named method of the ``Metrics``
+they were given (``metrics.transaction("output", "mined")``); parts built without one get
+``NO_METRICS``, which records into a registry nobody serves. Gauges of state that already lives
+somewhere (slices, the node's state) are read at scrape time from that owner, so they never drift.
+
+Names and labels (docs/operator.md "Monitoring"):
+
+- ``oyster_executor_job_outcomes_total{error_code}``: outcomes reached, by protocol error code;
+- ``oyster_executor_jobs_not_submitted_total{reason}``: jobs that ended without a submitted output;
+- ``oyster_executor_job_duration_seconds``: from the job's start to its summary line;
+- ``oyster_executor_slices{state="free|busy|out_of_service"}``;
+- ``oyster_executor_transactions_total{kind="output|slash",result}``;
+- ``oyster_executor_ws_reconnects_total``, ``oyster_executor_last_block``;
+- ``oyster_executor_node_state{state}``: 1 for the node's current state, 0 for the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "oyster_executor"
+NODE_STATES = ("idle", "awaiting-registration", "active", "drained")
+JOB_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class SliceCounts(Protocol):
+    """What the slices gauge reads from the pool (``SlicePool`` has these)."""
+
+    @property
+    def slices(self) -> Sequence[object]: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def free_count(self) -> int: ...
+
+
+class Metrics:
+    """The daemon's metrics; every method is cheap and never raises."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._outcomes = Counter(
+            f"{PREFIX}_job_outcomes",
+            "Job outcomes reached, by protocol error code",
+            ["error_code"],
+            registry=r,
+        )
+        self._not_submitted = Counter(
+            f"{PREFIX}_jobs_not_submitted",
+            "Jobs this executor was selected for that ended without a submitted output",
+            ["reason"],
+            registry=r,
+        )
+        self._duration = Histogram(
+            f"{PREFIX}_job_duration_seconds",
+            "Time from a job's start (event seen) to its end (output submitted or given up)",
+            buckets=JOB_DURATION_BUCKETS,
+            registry=r,
+        )
+        self._transactions = Counter(
+            f"{PREFIX}_transactions",
+            "Transactions sent, by kind (output, slash) and result",
+            ["kind", "result"],
+            registry=r,
+        )
+        self._ws_reconnects = Counter(
+            f"{PREFIX}_ws_reconnects", "Websocket (re)connections after a drop", registry=r
+        )
+        self._last_block = Gauge(
+            f"{PREFIX}_last_block", "Highest block number the event stream has reached", registry=r
+        )
+        self._state = _StateCollector()
+        r.register(self._state)
+
+    # --- events (one call at the code point where the fact happens) ----------------------------
+
+    def job_outcome(self, error_code: int) -> None:
+        self._outcomes.labels(error_code=str(int(error_code))).inc()
+
+    def job_not_submitted(self, reason: str) -> None:
+        self._not_submitted.labels(reason=reason).inc()
+
+    def job_finished(self, duration_s: float) -> None:
+        self._duration.observe(max(0.0, duration_s))
+
+    def transaction(self, kind: str, result: str) -> None:
+        """``kind`` is output or slash; ``result`` mined, rejected or failed."""
+        self._transactions.labels(kind=kind, result=result).inc()
+
+    def ws_reconnect(self) -> None:
+        self._ws_reconnects.inc()
+
+    def last_block(self, number: int) -> None:
+        self._last_block.set(number)
+
+    # --- state read at scrape time -------------------------------------------------------------
+
+    def watch_slices(self, pool: SliceCounts | None) -> None:
+        self._state.slices = pool
+
+    def watch_node_state(self, state: Callable[[], str]) -> None:
+        self._state.node_state = state
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self) -> None:
+        self.slices: SliceCounts | None = None
+        self.node_state: Callable[[], str] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        slices = GaugeMetricFamily(f"{PREFIX}_slices", "cgroup slices by state", labels=["state"])
+        if self.slices is not None:
+            total = len(self.slices.slices)
+            free = self.slices.free_count
+            in_service = self.slices.capacity
+            slices.add_metric(["free"], free)
+            slices.add_metric(["busy"], in_service - free)
+            slices.add_metric(["out_of_service"], total - in_service)
+        yield slices
+        node = GaugeMetricFamily(
+            f"{PREFIX}_node_state", "1 for the node's current state", labels=["state"]
+        )
+        if self.node_state is not None:
+            current = self.node_state()
+            for state in NODE_STATES:
+                node.add_metric([state], 1.0 if state == current else 0.0)
+        yield node
+
+
+NO_METRICS = Metrics()
+"""For parts built without a daemon (tests, ``oyster-executor run``): recorded, never served."""
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """An aiohttp app serving ``GET /metrics`` (and nothing else)."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    return app
