@@ -1,6 +1,6 @@
-"""Two executors on one devnet with ``num_selected_executors = 2`` (docs/protocol.md §3): a job whose
-second selected executor never answers is slashed exactly once, and the node that finds it already
-slashed says so quietly."""
+"""Two executors on one devnet with ``num_selected_executors = 2`` (docs/protocol.md §3): a job
+whose second selected executor never answers is slashed exactly once, and the node that finds it
+already slashed says so quietly."""
 
 from __future__ import annotations
 
