@@ -34,7 +34,7 @@ current_job: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def job_label(job_id: int) -> Iterator[None]:
+def job_label(job_id: int | None) -> Iterator[None]:
     """Label every log line inside (and in tasks spawned inside) with ``job_id``."""
     token = current_job.set(job_id)
     try:

@@ -22,6 +22,7 @@ from web3.exceptions import TransactionNotFound
 
 from executor.chain.head import ChainHead
 from executor.chain.txpolicy import Fees, RpcFailure, revert_data
+from executor.logs import job_label
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Tracked:
     waiter: asyncio.Future[TxOutcome] | None = None
     withdrawing: bool = False
     missing_receipts: int = 0
+    job_id: int | None = None
+    """The job it serves: lines the background loop logs about it carry this job id."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -175,10 +178,11 @@ class InFlight:
             if tracked is None:
                 continue
             try:
-                if key[0] in mined and tracked.nonce < mined[key[0]]:
-                    await self._settle(tracked)
-                else:
-                    await self._check_pending(tracked)
+                with job_label(tracked.job_id):
+                    if key[0] in mined and tracked.nonce < mined[key[0]]:
+                        await self._settle(tracked)
+                    else:
+                        await self._check_pending(tracked)
             except Exception as e:  # one tx's trouble must not stall the others
                 failed = failed or e
         if failed is not None:

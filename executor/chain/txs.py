@@ -205,7 +205,7 @@ class TxManager:
             if isinstance(estimate, TxOutcome):
                 return estimate
             gas_limit = estimate
-        tracked = Tracked(label, account, -1, to, data, gas_limit, valid_until)
+        tracked = Tracked(label, account, -1, to, data, gas_limit, valid_until, job_id=job_id)
         send = asyncio.ensure_future(self._send_first(tracked))
         try:
             refused = await asyncio.shield(send)
