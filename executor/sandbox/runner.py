@@ -14,7 +14,9 @@ failing at once matters: a job that gets no submission at all costs the operator
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -25,9 +27,14 @@ import aiohttp
 from executor.errors import SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from executor.sandbox.cgroups import Slice, SlicePool
+from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
+from executor.sandbox.warm import WarmPool, WarmWorker
 from executor.sandbox.workerd import JobFiles, WorkerdProcess, post_body
 
 log = logging.getLogger(__name__)
+
+SLOT_POLL_S = 0.05
+"""While every slice is busy, how often a waiting job looks again (releases also wake it)."""
 
 
 class Sandbox:
@@ -46,6 +53,7 @@ class Sandbox:
         runtime_path: Path,
         secret_store_path: Path,
         pool: SlicePool | None,
+        warm_workers: int | None = 0,
     ) -> None:
         self._workerd_bin = workerd_bin
         # Resolved once so that the secret's path relative to the config file is also its real path.
@@ -59,10 +67,33 @@ class Sandbox:
                 "sandbox is UNCONFINED: workerd runs outside any cgroup slice, "
                 "without memory/cpu limits"
             )
+        self._warm: WarmPool | None = None
+        if pool is not None and warm_workers != 0:
+            self._warm = WarmPool(
+                pool=pool,
+                workerd_bin=workerd_bin,
+                runtime_path=self._runtime_path,
+                target=warm_workers,
+            )
 
     @property
     def pool(self) -> SlicePool | None:
         return self._pool
+
+    @property
+    def warm(self) -> WarmPool | None:
+        """The warm slices, if this sandbox keeps any (see :mod:`executor.sandbox.warm`)."""
+        return self._warm
+
+    def start(self) -> None:
+        """Start arming the warm slices in the background; returns at once."""
+        if self._warm is not None:
+            self._warm.start()
+
+    async def close(self) -> None:
+        """Kill the warm processes and release their slices (running jobs finish on their own)."""
+        if self._warm is not None:
+            await self._warm.close()
 
     def secret_path(self, secret_id: int) -> Path | None:
         """The file a job with ``secret_id`` embeds (``None`` for 0); raises if it is missing."""
@@ -90,25 +121,32 @@ class Sandbox:
         slice_: Slice | None = None
         files: JobFiles | None = None
         proc: WorkerdProcess | None = None
+        worker: WarmWorker | None = None
+        extra_logs = ""
         try:
             started = time.monotonic()
             timeout = asyncio.timeout(deadline_ms / 1000)
             try:
                 async with timeout:
-                    if self._pool is not None:
-                        slice_ = await self._pool.acquire()
-                    files = self._write_files(job, code, slice_, secret)
-                    proc = await WorkerdProcess.spawn(
-                        self._workerd_bin,
-                        files.config,
-                        cgroup_procs=slice_.procs_file if slice_ is not None else None,
-                    )
-                    port = await proc.wait_listening()
-                    if port is None:
-                        await proc.wait()
-                        await asyncio.wait([proc.stderr.task])  # all of stderr, uncancelled
+                    worker, slice_ = await self._take_slot()
+                    if worker is not None:
+                        assert self._warm is not None
+                        proc = worker.proc
+                        frame = encode_frame(code, inputs, _read_secret(job, secret))
+                        verdict, body = await self._warm.request(worker, frame)
                     else:
-                        body = await post_body(port, inputs, max_bytes=MAX_OUTPUT_BYTES)
+                        files = self._write_files(job, code, slice_, secret)
+                        proc = await WorkerdProcess.spawn(
+                            self._workerd_bin,
+                            files.config,
+                            cgroup_procs=slice_.procs_file if slice_ is not None else None,
+                        )
+                        port = await proc.wait_listening()
+                        if port is None:
+                            await proc.wait()
+                            await asyncio.wait([proc.stderr.task])  # all of stderr, uncancelled
+                        else:
+                            body = await post_body(port, inputs, max_bytes=MAX_OUTPUT_BYTES)
             except TimeoutError:
                 if not timeout.expired():
                     raise
@@ -119,7 +157,9 @@ class Sandbox:
                 raise SandboxError(f"{job}: cannot start workerd: {e}") from e
             else:
                 elapsed_ms = min(deadline_ms, int((time.monotonic() - started) * 1000))
-                if port is None:
+                if worker is not None:
+                    error_code, output, extra_logs = _warm_outcome(job, verdict, body)
+                elif port is None:
                     assert proc is not None
                     if b"SyntaxError" not in proc.stderr.data:
                         raise SandboxError(
@@ -132,14 +172,49 @@ class Sandbox:
                 else:
                     error_code, output = ErrorCode.OK, body
         finally:
-            await _run_to_completion(self._clean_up(proc, slice_, files))
-        log.debug("%s: error code %d in %d ms", job, error_code, elapsed_ms)
+            if worker is not None:
+                await _run_to_completion(self._finish_warm(worker))
+            else:
+                await _run_to_completion(self._clean_up(proc, slice_, files))
+        log.debug(
+            "%s: error code %d in %d ms (%s)",
+            job,
+            error_code,
+            elapsed_ms,
+            "warm" if worker is not None else "cold",
+        )
         return JobOutcome(
             output=output,
             error_code=error_code,
             total_time_ms=elapsed_ms,
-            logs=proc.logs() if proc is not None else "",
+            logs=(proc.logs() if proc is not None else "") + extra_logs,
         )
+
+    async def _take_slot(self) -> tuple[WarmWorker | None, Slice | None]:
+        """A warm worker, else a free slice for a cold start, waiting while none is free."""
+        if self._pool is None:
+            return None, None
+        while True:
+            warm = self._warm
+            if warm is not None and warm.active:
+                worker = warm.take()
+                if worker is not None:
+                    return worker, None
+                if warm.covers_all:  # every slice is warm or being armed: wait for the next one
+                    await warm.wait_changed(SLOT_POLL_S)
+                    continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SLOT_POLL_S if warm is not None else None):
+                    return None, await self._pool.acquire()
+
+    async def _finish_warm(self, worker: WarmWorker) -> None:
+        """Kill the job's process, read the rest of its output, re-arm its slice later."""
+        assert self._warm is not None
+        self._warm.kill(worker)
+        try:
+            await worker.proc.close()
+        finally:
+            self._warm.retire_later(worker)
 
     def _write_files(
         self, job: str, code: bytes, slice_: Slice | None, secret: Path | None
@@ -168,6 +243,31 @@ class Sandbox:
         finally:
             if proc is not None:
                 await proc.close()
+
+
+def _read_secret(job: str, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SandboxError(f"{job}: cannot read its secret {path}: {e.strerror}") from e
+
+
+def _warm_outcome(job: str, verdict: Verdict, body: bytes) -> tuple[ErrorCode, bytes, str]:
+    """The cold path's outcome for what the loader reported: (error code, output, extra logs)."""
+    if verdict is Verdict.RESPONDED:
+        if len(body) > MAX_OUTPUT_BYTES:
+            return ErrorCode.OUTPUT_TOO_LARGE, b"", ""
+        return ErrorCode.OK, body, ""
+    report = body.decode("utf-8", errors="replace")
+    if verdict is Verdict.EXCEPTION:  # cold: workerd answers 500 with this body
+        return ErrorCode.OK, COLD_500_BODY, ""
+    if verdict is Verdict.START_SYNTAX:  # cold: workerd exits before listening, SyntaxError
+        return ErrorCode.SYNTAX_ERROR, b"", report + "\n"
+    # cold: workerd exits before listening for another reason
+    tail = re.sub(r"[^\x20-\x7e]+", " ", report[-400:]).strip()
+    raise SandboxError(f"{job}: the code failed to start (before listening, cold): {tail}")
 
 
 async def _run_to_completion(cleanup: Coroutine[Any, Any, None]) -> None:

@@ -1,0 +1,302 @@
+"""Warm single-use slices: per free slice, a workerd already started in it and warmed.
+
+Cold, a job pays for the blocking ``cgroup.procs`` write (about 18 ms here), workerd's start-up and
+its first request before its own code runs. Here those happen before the job arrives: a keeper task
+holds up to ``target`` slices, each running one ``workerd serve --experimental`` with the loader
+worker of :mod:`executor.sandbox.loader`, already asked once (a throwaway worker) so that the
+loader's isolate is ready. A job takes one ready process (:meth:`WarmPool.take`), sends it its code
+and inputs, and the process is then killed with everything in its slice (:meth:`WarmPool.retire`);
+the slice is emptied, released and armed again in the background. One process serves exactly one
+job, so jobs stay as isolated from each other as on the cold path.
+
+If the loader cannot start at all (a workerd without ``--experimental`` / ``workerLoader``), the
+pool says so once in the log and stands down: every job then takes the cold path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from executor.outcome import MAX_OUTPUT_BYTES
+from executor.sandbox.cgroups import Slice, SlicePool
+from executor.sandbox.loader import (
+    LOADER_JS,
+    VERDICT_HEADER,
+    WARM_UP_FRAME_CODE,
+    Verdict,
+    encode_frame,
+    render_loader_config,
+)
+from executor.sandbox.workerd import FILE_PREFIX, WorkerdProcess, write_new_file
+
+log = logging.getLogger(__name__)
+
+ARM_TIMEOUT_S = 10.0
+"""Longest a slice may take to start its loader and answer the warm-up request."""
+ARM_CONCURRENCY = 4
+"""Slices armed at the same time: start-ups are CPU-bound, more at once only queue for the CPU."""
+FAILURES_BEFORE_GIVING_UP = 3
+"""Consecutive failed armings, before any succeeded, that mean the loader is unavailable here."""
+RETRY_PAUSE_S = 1.0
+
+
+class ArmError(Exception):
+    """A slice could not be armed (internal: logged by the keeper, never raised to a job)."""
+
+
+@dataclass(eq=False)
+class WarmWorker:
+    """One armed slice: its loader process listens on :attr:`port` and has served nobody yet."""
+
+    slice: Slice
+    proc: WorkerdProcess
+    files: tuple[Path, Path]
+    port: int
+
+    def remove_files(self) -> None:
+        for path in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+class WarmPool:
+    """Keeps up to ``target`` slices of ``pool`` armed; see the module docstring."""
+
+    def __init__(
+        self, *, pool: SlicePool, workerd_bin: Path, runtime_path: Path, target: int | None
+    ) -> None:
+        self._pool = pool
+        self._workerd_bin = workerd_bin
+        self._runtime_path = runtime_path
+        self.target = pool.capacity if target is None else min(target, pool.capacity)
+        self._ready: deque[WarmWorker] = deque()
+        self._arming = 0
+        self._armed_ever = 0
+        self._failures = 0
+        self.available: bool | None = None if self.target > 0 else False
+        """``None`` until the first arming tells; ``False`` once the pool stood down."""
+        self._changed = asyncio.Event()  # a worker got ready, or the pool stood down
+        self._wanted = asyncio.Event()  # a slot opened: the keeper arms another slice
+        self._arm_gate = asyncio.Semaphore(ARM_CONCURRENCY)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether jobs should look here first (the pool has not stood down and is running)."""
+        return self.available is not False and self._keeper is not None
+
+    @property
+    def covers_all(self) -> bool:
+        """Every slice belongs to this pool: a job waits for a warm one instead of going cold."""
+        return self.target >= self._pool.capacity
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def ready_pids(self) -> list[int]:
+        """The pids of the armed processes waiting for a job."""
+        return [w.proc.pid for w in self._ready]
+
+    def start(self) -> None:
+        """Start arming in the background (returns at once)."""
+        if self._keeper is not None or self.target == 0:
+            return
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=0),
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+            skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent", "Accept"),
+        )
+        self._keeper = asyncio.ensure_future(self._keep())
+        self._wanted.set()
+        log.info("warm slices: arming %d of %d in the background", self.target, self._pool.capacity)
+
+    async def close(self) -> None:
+        """Stop arming, kill every warm process and release its slice; waits for all of it."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        while self._tasks:
+            for task in list(self._tasks):
+                if not task.done() and task.get_name().startswith("arm "):
+                    task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._ready:
+            await self.retire(self._ready.popleft())
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._changed.set()
+
+    def take(self) -> WarmWorker | None:
+        """A ready worker for one job, now; ``None`` if none is ready."""
+        while self._ready:
+            worker = self._ready.popleft()
+            if worker.proc.returncode is None:
+                self._wanted.set()
+                return worker
+            log.warning("warm workerd in %s died while idle; re-arming", worker.slice.name)
+            self._background(self.retire(worker), f"retire {worker.slice.name}")
+        return None
+
+    async def wait_changed(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until a worker gets ready or the pool stands down."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+
+    async def request(self, worker: WarmWorker, frame: bytes) -> tuple[Verdict, bytes]:
+        """POST one job's frame to ``worker``'s loader; the verdict and up to 20481 body bytes."""
+        assert self._session is not None, "warm pool not started"
+        async with self._session.post(f"http://127.0.0.1:{worker.port}/", data=frame) as response:
+            verdict = Verdict.from_header(response.headers.get(VERDICT_HEADER))
+            limit = MAX_OUTPUT_BYTES + 1 if verdict is Verdict.RESPONDED else 64 * 1024
+            chunks = []
+            size = 0
+            while size < limit:
+                chunk = await response.content.read(limit - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return verdict, b"".join(chunks)
+
+    def kill(self, worker: WarmWorker) -> None:
+        """SIGKILL the worker's process and everything else in its slice, at once (no wait)."""
+        worker.proc.kill()
+        with contextlib.suppress(OSError):
+            worker.slice.trigger_kill()
+
+    async def retire(self, worker: WarmWorker) -> None:
+        """Kill the worker, remove its files, empty and release its slice, wake the keeper."""
+        try:
+            self.kill(worker)
+            worker.remove_files()
+            await worker.proc.close()
+        finally:
+            try:
+                await self._pool.release(worker.slice)
+            finally:
+                self._wanted.set()
+
+    def retire_later(self, worker: WarmWorker) -> None:
+        """:meth:`retire` in the background (the caller already has what it needs)."""
+        self._background(self.retire(worker), f"retire {worker.slice.name}")
+
+    # --- the keeper ------------------------------------------------------------------------
+
+    async def _keep(self) -> None:
+        while self.available is not False:
+            await self._wanted.wait()
+            self._wanted.clear()
+            while self.available is not False and self._arming + len(self._ready) < self.target:
+                slice_ = await self._pool.acquire()
+                self._arming += 1
+                self._background(self._arm(slice_), f"arm {slice_.name}")
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _arm(self, slice_: Slice) -> None:
+        handed_over = False  # from then on _start_worker releases the slice if it fails
+        try:
+            async with self._arm_gate:
+                handed_over = True
+                worker = await self._start_worker(slice_)
+        except ArmError as e:
+            self._arm_failed(slice_, str(e))
+        except BaseException:
+            if not handed_over:
+                await self._pool.release(slice_)
+            raise
+        else:
+            self._failures = 0
+            self._armed_ever += 1
+            if self.available is None:
+                self.available = True
+                log.info("warm slices available: workerd serves jobs through its Worker Loader")
+            self._ready.append(worker)
+            self._changed.set()
+            return
+        finally:
+            self._arming -= 1
+        await asyncio.sleep(RETRY_PAUSE_S)
+        self._wanted.set()
+
+    def _arm_failed(self, slice_: Slice, reason: str) -> None:
+        self._failures += 1
+        if self._armed_ever == 0 and self._failures >= FAILURES_BEFORE_GIVING_UP:
+            if self.available is not False:
+                log.error(
+                    "warm slices UNAVAILABLE, every job runs cold: the Worker Loader did not "
+                    "start (%s)",
+                    reason,
+                )
+            self.available = False
+            self._changed.set()
+        else:
+            log.warning("cannot arm slice %s (retrying): %s", slice_.name, reason)
+
+    async def _start_worker(self, slice_: Slice) -> WarmWorker:
+        stem = self._runtime_path / f"{FILE_PREFIX}loader-{secrets.token_hex(8)}"
+        js, config = stem.with_suffix(".js"), stem.with_suffix(".capnp")
+        proc: WorkerdProcess | None = None
+        try:
+            write_new_file(js, LOADER_JS.encode())
+            rendered = render_loader_config(loader_file=js.name, port=slice_.port)
+            write_new_file(config, rendered.encode())
+            async with asyncio.timeout(ARM_TIMEOUT_S):
+                proc = await WorkerdProcess.spawn(
+                    self._workerd_bin,
+                    config,
+                    cgroup_procs=slice_.procs_file,
+                    extra_args=("--experimental",),
+                )
+                port = await proc.wait_listening()
+                if port is None:
+                    await proc.wait()
+                    await asyncio.wait([proc.stderr.task])
+                    raise ArmError(
+                        f"workerd exited with status {proc.returncode}: {proc.stderr_tail()}"
+                    )
+                worker = WarmWorker(slice_, proc, (js, config), port)
+                warm_up = encode_frame(WARM_UP_FRAME_CODE, b"", None)
+                verdict, body = await self.request(worker, warm_up)
+            if (verdict, body) != (Verdict.RESPONDED, b"ready"):
+                raise ArmError(f"warm-up answered {verdict.value}: {body[:200]!r}")
+            proc.stdout.forget()
+            proc.stderr.forget()
+            return worker
+        except BaseException as e:
+            if proc is not None:
+                proc.kill()
+                with contextlib.suppress(OSError):
+                    slice_.trigger_kill()
+                await proc.close()
+            for path in (js, config):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            await self._pool.release(slice_)
+            if isinstance(e, TimeoutError):
+                raise ArmError(f"not ready within {ARM_TIMEOUT_S} s") from e
+            if isinstance(e, (OSError, aiohttp.ClientError, ValueError)):
+                raise ArmError(f"{type(e).__name__}: {e}") from e
+            raise
