@@ -48,6 +48,7 @@ class Daemon:
         self._grace_s = shutdown_grace_s
         self._stack = contextlib.AsyncExitStack()
         self.service: ExecutorService | None = None
+        self.sandbox: Sandbox | None = None
         self.admin_url = ""
         self.stop = asyncio.Event()
         self.force_stop = asyncio.Event()
@@ -97,7 +98,11 @@ class Daemon:
             runtime_path=s.workerd_runtime_path,
             secret_store_path=s.secret_store_path,
             pool=pool,
+            warm_workers=s.warm_workers,
         )
+        self.sandbox = sandbox
+        sandbox.start()  # arms the warm slices in the background
+        self._stack.push_async_callback(sandbox.close)  # after the service's jobs are done
 
         w3 = AsyncWeb3(AsyncHTTPProvider(s.http_rpc_urls[0]))
         self._stack.push_async_callback(w3.provider.disconnect)

@@ -46,9 +46,12 @@ def write(folder: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def test_confined_run_prints_output_code_time_and_logs(parent: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path_flags", [(), ("--cold",)], ids=["warm", "cold"])
+def test_confined_run_prints_output_code_time_and_logs(
+    parent: Path, tmp_path: Path, path_flags: tuple[str, ...]
+) -> None:
     code = write(tmp_path, "echo.js", ECHO_JS)
-    result = run(code, "--input", '{"n": 5}', "--cgroup-parent", parent)
+    result = run(code, "--input", '{"n": 5}', "--cgroup-parent", parent, *path_flags)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "error code: 0 (executed; the output is the worker's response body)"
@@ -56,6 +59,8 @@ def test_confined_run_prints_output_code_time_and_logs(parent: Path, tmp_path: P
     assert lines[2:4] == ["output (13 bytes, UTF-8 text):", 'echo:{"n": 5}']
     assert "echo got 8 bytes" in result.stdout and "to stderr" in result.stdout
     assert "UNCONFINED" not in result.stderr
+    warm = "warm slices available" in result.stderr
+    assert warm == (not path_flags), result.stderr  # the default is the daemon's warm path
 
 
 def test_json_with_secret_and_binary_input_file(parent: Path, tmp_path: Path) -> None:
@@ -82,11 +87,18 @@ def test_json_with_secret_and_binary_input_file(parent: Path, tmp_path: Path) ->
     ],
     ids=["syntax-error", "deadline", "too-large"],
 )
+@pytest.mark.parametrize("path_flags", [(), ("--cold",)], ids=["warm", "cold"])
 def test_exit_status_reflects_the_error_code(
-    parent: Path, tmp_path: Path, code: bytes, deadline: str, status: int, meaning: str
+    parent: Path,
+    tmp_path: Path,
+    code: bytes,
+    deadline: str,
+    status: int,
+    meaning: str,
+    path_flags: tuple[str, ...],
 ) -> None:
     path = write(tmp_path, "job.js", code)
-    result = run(path, "--deadline-ms", deadline, "--cgroup-parent", parent)
+    result = run(path, "--deadline-ms", deadline, "--cgroup-parent", parent, *path_flags)
     assert result.returncode == status, result.stdout + result.stderr
     assert f"error code: {status - 10} ({meaning}" in result.stdout
     assert "output: (empty)" in result.stdout

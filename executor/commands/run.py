@@ -76,6 +76,12 @@ def register(subparsers: Any) -> None:
         help="run WITHOUT a cgroup slice (no limits; for machines without slices)",
     )
     parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="start workerd for the job (the fallback path) instead of loading the code into a "
+        "warm slice's workerd (the daemon's default path)",
+    )
+    parser.add_argument(
         "--workerd", type=Path, metavar="PATH", help="workerd binary (default: the npm package's)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -142,19 +148,34 @@ def run_command(args: argparse.Namespace) -> int:
             Path(store, f"{SECRET_ID}.bin").symlink_to(args.secret_file.resolve())
             secret_id = SECRET_ID
         sandbox = Sandbox(
-            workerd_bin=workerd_bin, runtime_path=runtime, secret_store_path=store, pool=pool
+            workerd_bin=workerd_bin,
+            runtime_path=runtime,
+            secret_store_path=store,
+            pool=pool,
+            warm_workers=0 if args.cold else 1,
         )
         outcome = asyncio.run(
-            sandbox.execute(
-                code,
-                inputs,
-                deadline_ms=args.deadline_ms,
-                secret_id=secret_id,
-                label=args.code.name,
-            )
+            _execute(sandbox, code, inputs, args.deadline_ms, secret_id, args.code.name)
         )
     print(_render_json(outcome) if args.json else _render_text(outcome))
     return 0 if outcome.error_code == ErrorCode.OK else EXIT_CODE_OFFSET + outcome.error_code
+
+
+async def _execute(
+    sandbox: Sandbox, code: bytes, inputs: bytes, deadline_ms: int, secret_id: int, label: str
+) -> JobOutcome:
+    """One job, on the path the daemon takes: a slice armed before the job (as the daemon keeps
+    them), then the job; cold if the Worker Loader is unavailable or with --cold."""
+    sandbox.start()
+    try:
+        if sandbox.warm is not None and not await sandbox.warm.settle():
+            print("note: no warm slice (see the log above): the job starts workerd cold",
+                  file=sys.stderr)  # fmt: skip
+        return await sandbox.execute(
+            code, inputs, deadline_ms=deadline_ms, secret_id=secret_id, label=label
+        )
+    finally:
+        await sandbox.close()
 
 
 def _as_text(output: bytes) -> str | None:

@@ -68,6 +68,8 @@ class Sandbox:
                 "without memory/cpu limits"
             )
         self._warm: WarmPool | None = None
+        if pool is None and warm_workers != 0:
+            log.info("no cgroup slices, so no warm slices: every job starts workerd cold")
         if pool is not None and warm_workers != 0:
             self._warm = WarmPool(
                 pool=pool,

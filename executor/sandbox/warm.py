@@ -160,6 +160,16 @@ class WarmPool:
             async with asyncio.timeout(timeout_s):
                 await self._changed.wait()
 
+    async def settle(self, within_s: float = ARM_TIMEOUT_S) -> bool:
+        """Wait until a worker is ready or the pool stood down (bounded); whether one is ready."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not self._ready and self.available is not False:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            await self.wait_changed(remaining)
+        return bool(self._ready)
+
     async def request(self, worker: WarmWorker, frame: bytes) -> tuple[Verdict, bytes]:
         """POST one job's frame to ``worker``'s loader; the verdict and up to 20481 body bytes."""
         assert self._session is not None, "warm pool not started"
