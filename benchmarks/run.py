@@ -93,8 +93,8 @@ def sandboxed(sandbox: Sandbox) -> Callable[[], Awaitable[float]]:
     return run
 
 
-def make_slices(count: int) -> Path | None:
-    parent = f"oyster-bench-{os.getpid()}"
+def make_slices(count: int, tag: str = "") -> Path | None:
+    parent = f"oyster-bench-{os.getpid()}{tag}"
     made = subprocess.run(
         [str(REPO_ROOT / "cgroup_setup.sh"), "--parent", parent, "--count", str(count)],
         capture_output=True,

@@ -56,6 +56,7 @@ function verdict(kind, error) {{
 
 export default {{
   async fetch(request, env) {{
+    if (request.method !== "POST") return new Response("ready");  // the warm-up request
     const frame = new Uint8Array(await request.arrayBuffer());
     const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
     const codeLength = view.getUint32(0);

@@ -14,7 +14,6 @@ failing at once matters: a job that gets no submission at all costs the operator
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from executor.errors import SandboxError
+from executor.errors import NoFreeSliceError, SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
@@ -193,21 +192,29 @@ class Sandbox:
         )
 
     async def _take_slot(self) -> tuple[WarmWorker | None, Slice | None]:
-        """A warm worker, else a free slice for a cold start, waiting while none is free."""
+        """A warm worker, else a free slice for a cold start, waiting while there is neither."""
         if self._pool is None:
             return None, None
-        while True:
-            warm = self._warm
-            if warm is not None and warm.active:
+        warm = self._warm
+        if warm is None or not warm.active:
+            return None, await self._pool.acquire()
+        warm.waiting += 1
+        try:
+            while warm.active:
                 worker = warm.take()
                 if worker is not None:
                     return worker, None
-                if warm.covers_all:  # every slice is warm or being armed: wait for the next one
-                    await warm.wait_changed(SLOT_POLL_S)
-                    continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SLOT_POLL_S if warm is not None else None):
-                    return None, await self._pool.acquire()
+                try:
+                    return None, self._pool.reserve()
+                except NoFreeSliceError:
+                    if self._pool.capacity == 0:
+                        raise
+                await warm.wait_changed(SLOT_POLL_S)
+        finally:
+            warm.waiting -= 1
+            if warm.waiting == 0:
+                warm.slice_freed()  # nobody waits: the keeper may arm again
+        return None, await self._pool.acquire()
 
     async def _finish_warm(self, worker: WarmWorker) -> None:
         """Kill the job's process, read the rest of its output, re-arm its slice later."""
@@ -242,6 +249,8 @@ class Sandbox:
             if slice_ is not None:
                 assert self._pool is not None
                 await self._pool.release(slice_)
+                if self._warm is not None:
+                    self._warm.slice_freed()
         finally:
             if proc is not None:
                 await proc.close()

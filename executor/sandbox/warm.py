@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from executor.errors import NoFreeSliceError
 from executor.outcome import MAX_OUTPUT_BYTES
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import (
@@ -48,6 +49,8 @@ ARM_CONCURRENCY = 4
 FAILURES_BEFORE_GIVING_UP = 3
 """Consecutive failed armings, before any succeeded, that mean the loader is unavailable here."""
 RETRY_PAUSE_S = 1.0
+KEEPER_POLL_S = 1.0
+WARM_UP_LOADS = False
 
 
 class ArmError(Exception):
@@ -85,8 +88,10 @@ class WarmPool:
         self._failures = 0
         self.available: bool | None = None if self.target > 0 else False
         """``None`` until the first arming tells; ``False`` once the pool stood down."""
-        self._changed = asyncio.Event()  # a worker got ready, or the pool stood down
+        self._changed = asyncio.Event()  # a worker got ready, a slice freed, or stood down
         self._wanted = asyncio.Event()  # a slot opened: the keeper arms another slice
+        self.waiting = 0
+        """Jobs waiting for a slot (see :meth:`_should_arm`); kept by the sandbox."""
         self._arm_gate = asyncio.Semaphore(ARM_CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
@@ -96,11 +101,6 @@ class WarmPool:
     def active(self) -> bool:
         """Whether jobs should look here first (the pool has not stood down and is running)."""
         return self.available is not False and self._keeper is not None
-
-    @property
-    def covers_all(self) -> bool:
-        """Every slice belongs to this pool: a job waits for a warm one instead of going cold."""
-        return self.target >= self._pool.capacity
 
     @property
     def ready_count(self) -> int:
@@ -130,10 +130,7 @@ class WarmPool:
         if keeper is not None:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-        while self._tasks:
-            for task in list(self._tasks):
-                if not task.done() and task.get_name().startswith("arm "):
-                    task.cancel()
+        while self._tasks:  # armings in progress end by themselves (bounded by ARM_TIMEOUT_S)
             await asyncio.gather(*self._tasks, return_exceptions=True)
         while self._ready:
             await self.retire(self._ready.popleft())
@@ -154,7 +151,8 @@ class WarmPool:
         return None
 
     async def wait_changed(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until a worker gets ready or the pool stands down."""
+        """Wait (at most ``timeout_s``) until a worker gets ready, a slice is freed or the pool
+        stands down."""
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
@@ -170,10 +168,15 @@ class WarmPool:
             await self.wait_changed(remaining)
         return bool(self._ready)
 
-    async def request(self, worker: WarmWorker, frame: bytes) -> tuple[Verdict, bytes]:
-        """POST one job's frame to ``worker``'s loader; the verdict and up to 20481 body bytes."""
+    async def request(self, worker: WarmWorker, frame: bytes | None) -> tuple[Verdict, bytes]:
+        """POST one job's frame to ``worker``'s loader; the verdict and up to 20481 body bytes.
+
+        ``frame=None`` sends the warm-up request instead (a GET, which loads nothing).
+        """
         assert self._session is not None, "warm pool not started"
-        async with self._session.post(f"http://127.0.0.1:{worker.port}/", data=frame) as response:
+        url = f"http://127.0.0.1:{worker.port}/"
+        method = "GET" if frame is None else "POST"
+        async with self._session.request(method, url, data=frame) as response:
             verdict = Verdict.from_header(response.headers.get(VERDICT_HEADER))
             limit = MAX_OUTPUT_BYTES + 1 if verdict is Verdict.RESPONDED else 64 * 1024
             chunks = []
@@ -202,7 +205,12 @@ class WarmPool:
             try:
                 await self._pool.release(worker.slice)
             finally:
-                self._wanted.set()
+                self.slice_freed()
+
+    def slice_freed(self) -> None:
+        """A slice of the pool was released: wake waiting jobs and the keeper."""
+        self._changed.set()
+        self._wanted.set()
 
     def retire_later(self, worker: WarmWorker) -> None:
         """:meth:`retire` in the background (the caller already has what it needs)."""
@@ -212,12 +220,32 @@ class WarmPool:
 
     async def _keep(self) -> None:
         while self.available is not False:
-            await self._wanted.wait()
+            with contextlib.suppress(TimeoutError):  # also polls: another process may free one
+                async with asyncio.timeout(KEEPER_POLL_S):
+                    await self._wanted.wait()
             self._wanted.clear()
-            while self.available is not False and self._arming + len(self._ready) < self.target:
-                slice_ = await self._pool.acquire()
+            while self._should_arm():
+                await self._arm_gate.acquire()  # a slice is taken only when it can be armed now
+                if not self._should_arm():
+                    self._arm_gate.release()
+                    break
+                try:
+                    slice_ = self._pool.reserve()
+                except NoFreeSliceError:
+                    self._arm_gate.release()
+                    break
                 self._arming += 1
                 self._background(self._arm(slice_), f"arm {slice_.name}")
+
+    def _should_arm(self) -> bool:
+        # While jobs wait for a slot, a freed slice goes to them (a cold start costs less than
+        # arming and then loading), and arming resumes once nobody waits: bursts keep the cold
+        # path's throughput, an idle node keeps every slice warm.
+        return (
+            self.available is not False
+            and self.waiting == 0
+            and self._arming + len(self._ready) < self.target
+        )
 
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -226,17 +254,10 @@ class WarmPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _arm(self, slice_: Slice) -> None:
-        handed_over = False  # from then on _start_worker releases the slice if it fails
         try:
-            async with self._arm_gate:
-                handed_over = True
-                worker = await self._start_worker(slice_)
+            worker = await self._start_worker(slice_)  # releases the slice if it fails
         except ArmError as e:
             self._arm_failed(slice_, str(e))
-        except BaseException:
-            if not handed_over:
-                await self._pool.release(slice_)
-            raise
         else:
             self._failures = 0
             self._armed_ever += 1
@@ -248,6 +269,7 @@ class WarmPool:
             return
         finally:
             self._arming -= 1
+            self._arm_gate.release()
         await asyncio.sleep(RETRY_PAUSE_S)
         self._wanted.set()
 
@@ -288,7 +310,7 @@ class WarmPool:
                         f"workerd exited with status {proc.returncode}: {proc.stderr_tail()}"
                     )
                 worker = WarmWorker(slice_, proc, (js, config), port)
-                warm_up = encode_frame(WARM_UP_FRAME_CODE, b"", None)
+                warm_up = encode_frame(WARM_UP_FRAME_CODE, b"", None) if WARM_UP_LOADS else None
                 verdict, body = await self.request(worker, warm_up)
             if (verdict, body) != (Verdict.RESPONDED, b"ready"):
                 raise ArmError(f"warm-up answered {verdict.value}: {body[:200]!r}")
