@@ -99,6 +99,7 @@ class Daemon:
             secret_store_path=s.secret_store_path,
             pool=pool,
             warm_workers=s.warm_workers,
+            complete_logs=False,  # the daemon never reads a job's logs
         )
         self.sandbox = sandbox
         sandbox.start()  # arms the warm slices in the background

@@ -203,6 +203,31 @@ async def test_warm_workers_setting_limits_the_armed_slices(
     assert sandbox.pool is not None and sandbox.pool.free_count == 2
 
 
+async def test_without_complete_logs_the_outcome_comes_before_the_clean_up(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = Sandbox(
+        workerd_bin=workerd_bin_or_skip(),
+        runtime_path=tmp_path,
+        secret_store_path=tmp_path,
+        pool=SlicePool.discover(parent),
+        warm_workers=None,
+        complete_logs=False,  # as the daemon runs it
+    )
+    sandbox.start()
+    try:
+        await eventually(lambda: _warm(sandbox).ready_count == 2)
+        taken = _spy_on_take(_warm(sandbox), monkeypatch)
+        outcome = await sandbox.execute(ECHO_JS, b"quick", deadline_ms=5000)
+        assert outcome.output == b"echo:quick"
+        assert len(taken) == 1
+        await eventually(lambda: not pid_alive(taken[0]))  # killed, then reaped in the background
+        await eventually(lambda: _warm(sandbox).ready_count == 2)
+    finally:
+        await sandbox.close()
+    assert files_in(tmp_path) == []
+
+
 async def test_zero_warm_workers_is_the_cold_path(parent: Path, tmp_path: Path) -> None:
     sandbox = _sandbox(parent, tmp_path, 0, workerd_bin_or_skip())
     sandbox.start()

@@ -81,12 +81,17 @@ async def env(parent: Path, tmp_path: Path, request: pytest.FixtureRequest) -> A
         warm_workers=None if request.param == "warm" else 0,
     )
     sandbox.start()
+    if sandbox.warm is not None:  # jobs arriving before arming would start cold
+        await eventually(lambda: sandbox.warm is not None and sandbox.warm.ready_count == 3)
     env = Env(sandbox, pool, runtime, store, request.param)
     try:
         yield env
     finally:
         await sandbox.close()
     env.assert_clean()
+    if request.node.get_closest_marker("mixed_paths") is None:
+        other = "cold" if request.param == "warm" else "warm"
+        assert sandbox.runs[other] == 0, f"a job took the {other} path: {sandbox.runs}"
 
 
 # --- config rendering (pure) ----------------------------------------------------------------
@@ -286,6 +291,7 @@ async def test_workerd_runs_inside_its_slice_and_cancel_cleans_up(env: Env) -> N
     # env's teardown checks: slice free and empty, no workerd, no files
 
 
+@pytest.mark.mixed_paths  # more jobs than slices: some may start cold
 async def test_burst_larger_than_the_pool_queues_and_leaves_nothing_behind(env: Env) -> None:
     # 8 jobs on 3 slices: the ones that find every slice busy wait for one instead of failing
     # (no submission at all would get the operator slashed).
@@ -308,6 +314,7 @@ async def test_burst_larger_than_the_pool_queues_and_leaves_nothing_behind(env: 
     assert [r.output for r in again] == [b"echo:"] * 3
 
 
+@pytest.mark.mixed_paths  # more jobs than slices: some may start cold
 async def test_deadline_can_expire_while_waiting_for_a_slice(env: Env) -> None:
     hangers = [env.sandbox.execute(HANG_JS, b"", deadline_ms=1500) for _ in range(3)]
     waiting = env.sandbox.execute(ECHO_JS, b"late", deadline_ms=300)
@@ -417,6 +424,7 @@ async def test_clean_up_survives_repeated_cancellation() -> None:
     assert finished.is_set()
 
 
+@pytest.mark.mixed_paths  # the loader cannot start there: cold
 async def test_missing_workerd_binary_raises_and_cleans_up(env: Env, tmp_path: Path) -> None:
     await env.sandbox.close()  # give its slices back: the sandbox below uses the same ones
     missing = tmp_path / "no-such-workerd"

@@ -14,6 +14,7 @@ failing at once matters: a job that gets no submission at all costs the operator
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import time
@@ -39,10 +40,16 @@ SLOT_POLL_S = 0.05
 class Sandbox:
     """Executes untrusted JavaScript: one workerd per job, one cgroup slice per workerd.
 
+    ``warm_workers`` slices (None: all) are kept armed for the next job (:mod:`.warm`; 0: every
+    job starts workerd cold); :meth:`start` arms them, :meth:`close` releases them.
+    ``complete_logs=False`` (the daemon, which never reads them) returns a warm job's outcome as
+    soon as its process is killed, with the logs read so far, instead of after the process exited.
+
     ``pool=None`` runs workerd UNCONFINED (no slice, no resource limits, an ephemeral port): for
     local development only. ``execute`` may run concurrently (each job holds its own slice) and may
-    be cancelled at any point; either way the process is killed, the slice released and the files
-    removed before it returns.
+    be cancelled at any point; either way the process is killed before it returns. On the cold
+    path the slice is also released and the files removed by then; on the warm path that happens
+    right after, in the background, before the slice is armed again.
     """
 
     def __init__(
@@ -53,8 +60,10 @@ class Sandbox:
         secret_store_path: Path,
         pool: SlicePool | None,
         warm_workers: int | None = 0,
+        complete_logs: bool = True,
     ) -> None:
         self._workerd_bin = workerd_bin
+        self._complete_logs = complete_logs
         # Resolved once so that the secret's path relative to the config file is also its real path.
         self._runtime_path = runtime_path.resolve()
         self._secret_store_path = secret_store_path.resolve()
@@ -66,6 +75,8 @@ class Sandbox:
                 "sandbox is UNCONFINED: workerd runs outside any cgroup slice, "
                 "without memory/cpu limits"
             )
+        self.runs: collections.Counter[str] = collections.Counter()
+        """Jobs that took each path ("warm", "cold") so far."""
         self._warm: WarmPool | None = None
         if pool is None and warm_workers != 0:
             log.info("no cgroup slices, so no warm slices: every job starts workerd cold")
@@ -130,6 +141,7 @@ class Sandbox:
             try:
                 async with timeout:
                     worker, slice_ = await self._take_slot()
+                    self.runs["warm" if worker is not None else "cold"] += 1
                     if worker is not None:
                         assert self._warm is not None
                         proc = worker.proc
@@ -217,11 +229,13 @@ class Sandbox:
         return None, await self._pool.acquire()
 
     async def _finish_warm(self, worker: WarmWorker) -> None:
-        """Kill the job's process, read the rest of its output, re-arm its slice later."""
+        """Kill the job's process (at once: it can run nothing more), then re-arm its slice in
+        the background; with ``complete_logs``, first read its output to the end."""
         assert self._warm is not None
         self._warm.kill(worker)
         try:
-            await worker.proc.close()
+            if self._complete_logs:
+                await worker.proc.close()
         finally:
             self._warm.retire_later(worker)
 
