@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from executor.sandbox.cgroups import SlicePool
 from tests.sandbox_helpers import (
     ECHO_JS,
     HANG_JS,
@@ -104,6 +106,20 @@ def test_exit_status_reflects_the_error_code(
     assert "output: (empty)" in result.stdout
     if status == 14:
         assert "total time: 300 ms" in result.stdout
+
+
+def test_slices_all_held_by_another_process_fail_at_once(parent: Path, tmp_path: Path) -> None:
+    # As when a daemon keeps a warm workerd in every slice: this process holds their locks.
+    pool = SlicePool.discover(parent)
+    held = [pool.reserve() for _ in pool.slices]
+    try:
+        code = write(tmp_path, "echo.js", ECHO_JS)
+        result = run(code, "--cgroup-parent", parent)
+    finally:
+        for slice_ in held:
+            asyncio.run(pool.release(slice_))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no free cgroup slice" in result.stderr and "warm_workers" in result.stderr
 
 
 def test_unconfined_says_so_loudly(tmp_path: Path) -> None:

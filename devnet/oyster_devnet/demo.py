@@ -140,6 +140,19 @@ async def daemon_process(
                 await proc.wait()
 
 
+async def sandbox_path(log_file: Path, wait_s: float = 10) -> str:
+    """Which path the daemon's jobs take, from its log (warm slices are armed in the background)."""
+    give_up = time.monotonic() + wait_s
+    while time.monotonic() < give_up:
+        text = await asyncio.to_thread(log_file.read_text, errors="replace")
+        if "warm slices available" in text:
+            return "jobs run in warm slices: workerd is started in its slice before the job arrives"
+        if "warm slices UNAVAILABLE" in text or "so no warm slices" in text:
+            return "jobs run cold (no warm slices here: see the daemon log): workerd starts per job"
+        await asyncio.sleep(0.1)
+    return "warm slices not armed yet: the first jobs may start workerd cold"
+
+
 async def wait_for_responses(
     devnet: Devnet, job_ids: list[int], timeout_s: float
 ) -> dict[int, JobResponse]:
@@ -209,6 +222,7 @@ async def run_demo(workdir: Path) -> int:
                         f"-- initialized via the admin API and registered on chain "
                         f"(job capacity {message['job_capacity']})"
                     )
+                    say(f"-- {await sandbox_path(log_file)}")
                     jobs: list[tuple[int, DemoJob]] = []
                     codehashes: dict[str, str] = {}
                     for job in JOBS:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from executor.errors import ExecutorError, SliceSetupError
+from executor.errors import ExecutorError, NoFreeSliceError, SliceSetupError
 from executor.outcome import ErrorCode, JobOutcome
 from executor.sandbox.binary import find_workerd
 from executor.sandbox.cgroups import SlicePool
@@ -166,6 +166,15 @@ async def _execute(
 ) -> JobOutcome:
     """One job, on the path the daemon takes: a slice armed before the job (as the daemon keeps
     them), then the job; cold if the Worker Loader is unavailable or with --cold."""
+    pool = sandbox.pool
+    if pool is not None:  # fail now, clearly, rather than wait out the deadline
+        try:
+            await pool.release(pool.reserve())
+        except NoFreeSliceError as e:
+            raise NoFreeSliceError(
+                f"{e}; they are locked by another process: a running daemon keeps a warm workerd "
+                "in each free slice (set its warm_workers below the slice count to leave some)"
+            ) from e
     sandbox.start()
     try:
         if sandbox.warm is not None and not await sandbox.warm.settle():
