@@ -107,8 +107,9 @@ async def py_spy(pid: int, output: Path) -> AsyncIterator[None]:
             print(f"(py-spy wrote no profile: {err.decode(errors='replace').strip()[-300:]})")
 
 
-def profile_summary(raw: Path, top: int = 14) -> list[str]:
-    """Markdown lines: the functions holding most samples (inclusive), from py-spy's raw output."""
+def profile_summary(raw: Path, top: int = 12) -> list[str]:
+    """Markdown: where the daemon's busy samples go, from py-spy's raw (collapsed) output: its own
+    functions by inclusive share, and every function by self share."""
     if not raw.exists():
         return ["(no profile)"]
     inclusive: collections.Counter[str] = collections.Counter()
@@ -120,40 +121,53 @@ def profile_summary(raw: Path, top: int = 14) -> list[str]:
             continue
         count = int(count_text)
         total += count
-        frames = [_frame_name(f) for f in stack.split(";")[1:]]  # [0] is the thread
+        frames = [_frame_name(f) for f in stack.split(";")]
         for name in set(frames):
             inclusive[name] += count
         if frames:
             own[frames[-1]] += count
     if total == 0:
         return ["(no samples)"]
+    ours = [(n, c) for n, c in inclusive.most_common() if "(executor/" in n]
     lines = [f"{total} samples of the daemon's busy threads (py-spy, 250 Hz, idle excluded)", ""]
-    lines += ["| function | inclusive | self |", "|---|---:|---:|"]
-    interesting = [
-        (name, n)
-        for name, n in inclusive.most_common()
-        if not name.startswith(("<module>", "run ("))
-    ]
-    for name, n in interesting[:top]:
-        lines.append(f"| `{name}` | {100 * n / total:.0f}% | {100 * own[name] / total:.0f}% |")
+    lines += ["| the daemon's functions | inclusive |", "|---|---:|"]
+    lines += [f"| `{name}` | {100 * n / total:.0f}% |" for name, n in ours[:top]]
+    lines += ["", "| any function | self |", "|---|---:|"]
+    lines += [f"| `{name}` | {100 * n / total:.0f}% |" for name, n in own.most_common(top)]
     return lines
 
 
 def _frame_name(frame: str) -> str:
-    # "function (path/to/file.py:123)" -> "function (file.py)"
+    # "function (/path/to/file.py:123)" -> "function (executor/x/file.py)" or "(package/file.py)"
     m = re.match(r"(.*) \((.*?):\d+\)$", frame)
     if not m:
         return frame
-    path = m.group(2)
-    short = (
-        "/".join(Path(path).parts[-2:])
-        if "site-packages" in path or "executor" in path
-        else Path(path).name
-    )
-    return f"{m.group(1)} ({short})"
+    function, path = m.groups()
+    if "/executor/" in "/" + path:
+        short = "executor/" + ("/" + path).rsplit("/executor/", 1)[1]
+    elif "site-packages/" in path:
+        short = path.rsplit("site-packages/", 1)[1]
+    else:
+        short = Path(path).name
+    return f"{function} ({short})"
 
 
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+\s+\S+: job (\d+)(.*)$")
+
+
+def outcome_times(log_text: str, job_ids: list[int]) -> dict[int, float]:
+    """Wall time at which the daemon logged each job's outcome."""
+    wanted = set(job_ids)
+    found = {}
+    for line in log_text.splitlines():
+        m = _LOG_LINE.match(line)
+        if m and int(m.group(2)) in wanted and m.group(3).startswith(": outcome"):
+            found[int(m.group(2))] = _log_time(m.group(1))
+    return found
+
+
+def _log_time(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def job_phases(
@@ -165,7 +179,7 @@ def job_phases(
         m = _LOG_LINE.match(line)
         if not m:
             continue
-        when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        when = _log_time(m.group(1))
         job_id, rest = int(m.group(2)), m.group(3)
         if rest.startswith(": selected"):
             seen[job_id]["selected"] = when

@@ -31,7 +31,14 @@ from pathlib import Path
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from benchmarks.chain import JobSender, Responses, subscribe_responses
-from benchmarks.daemon import DaemonProcess, job_phases, profile_summary, py_spy, running_daemon
+from benchmarks.daemon import (
+    DaemonProcess,
+    job_phases,
+    outcome_times,
+    profile_summary,
+    py_spy,
+    running_daemon,
+)
 from benchmarks.run import CODE, INPUT, bare_workerd, make_slices, remove_slices, workerd_version
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import start_anvil
@@ -47,6 +54,7 @@ class Figures:
     latency: list[float] = field(default_factory=list)  # s, daemon, one job at a time
     bare_latency: list[float] = field(default_factory=list)
     throughput: list[float] = field(default_factory=list)  # jobs/s, daemon burst
+    executed: list[float] = field(default_factory=list)  # jobs/s until the last outcome (log)
     bare_throughput: list[float] = field(default_factory=list)
     rss_idle: float = 0.0
     rss_before: float = 0.0
@@ -74,12 +82,15 @@ class Bench:
             raise RuntimeError(f"job {job_id} answered error code {responses.error_codes[job_id]}")
         return job_id, wall, arrived - started
 
-    async def burst(self, sender: JobSender, responses: Responses, count: int) -> float:
+    async def burst(
+        self, sender: JobSender, responses: Responses, count: int
+    ) -> tuple[float, float, list[int]]:
+        """Jobs/s of a burst of ``count`` jobs in one block; the wall time it was mined; its ids."""
         raws = [sender.sign(self.codehash, INPUT, DEADLINE_MS) for _ in range(count)]
         await self.devnet.set_automine(False)
         try:
             hashes = [await sender.send(raw) for raw in raws]
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             await self.devnet.mine()
         finally:
             await self.devnet.set_automine(True)  # the daemon's submissions get mined at once
@@ -88,7 +99,7 @@ class Bench:
         failed = [j for j in job_ids if responses.error_codes[j] != 0]
         if failed:
             raise RuntimeError(f"burst jobs {failed} did not answer error code 0")
-        return count / (last - started)
+        return count / (last - started), wall, job_ids
 
     async def bare_one(self) -> float:
         return await bare_workerd(self.workerd, self.folder)
@@ -122,14 +133,17 @@ async def measure(
             figures.latency.append(seconds)
             figures.bare_latency.append(await bench.bare_one())
             await asyncio.sleep(0.05)  # let the used slice re-arm, as between real jobs
+        arrived_wall = {j: responses.arrived[j][1] for j in sent_wall}
+        figures.phases = job_phases(daemon.log_text(), sent_wall, arrived_wall)
+        for _ in range(args.burst_rounds):
+            await asyncio.sleep(1.0)  # every slice armed again
+            rate, mined_wall, job_ids = await bench.burst(sender, responses, args.burst)
+            figures.throughput.append(rate)
+            last_outcome = max(outcome_times(daemon.log_text(), job_ids).values())
+            figures.executed.append(len(job_ids) / (last_outcome - mined_wall))
+            figures.bare_throughput.append(await bench.bare_burst(args.burst))
     if args.profile:
         figures.profile = profile_summary(profile)
-    arrived_wall = {j: responses.arrived[j][1] for j in sent_wall}
-    figures.phases = job_phases(daemon.log_text(), sent_wall, arrived_wall)
-    for _ in range(args.burst_rounds):
-        await asyncio.sleep(1.0)  # every slice armed again
-        figures.throughput.append(await bench.burst(sender, responses, args.burst))
-        figures.bare_throughput.append(await bench.bare_burst(args.burst))
     await asyncio.sleep(1.0)
     figures.rss_before = daemon.rss_mib()
     done = 0
