@@ -240,7 +240,11 @@ async def main(args: argparse.Namespace) -> None:
                             ) as responses,
                         ):
                             print(f"measuring {name} (daemon pid {daemon.pid}) ...", flush=True)
-                            results[name] = await measure(bench, daemon, responses, args)
+                            try:
+                                results[name] = await measure(bench, daemon, responses, args)
+                            except (TimeoutError, RuntimeError) as e:
+                                tail = "\n".join(daemon.log_text().splitlines()[-25:])
+                                print(f"!! {name} failed: {e!r}; daemon log tail:\n{tail}")
                     finally:
                         remove_slices(parent)
             finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from executor.errors import SandboxError
 from executor.outcome import ErrorCode
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.loader import NO_SECRET, Verdict, encode_frame
@@ -103,7 +104,7 @@ def test_verdict_header_values() -> None:
     assert Verdict.from_header(None) is Verdict.RESPONDED
     assert Verdict.from_header("start-syntax") is Verdict.START_SYNTAX
     for bad in ("responded", "ok", ""):
-        with pytest.raises(ValueError, match="unknown loader verdict"):
+        with pytest.raises(SandboxError, match="unknown loader verdict"):
             Verdict.from_header(bad)
 
 

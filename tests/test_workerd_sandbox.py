@@ -8,6 +8,7 @@ same."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -230,6 +231,35 @@ async def test_binary_output_passes_through_byte_for_byte(env: Env) -> None:
     )
     outcome = await env.sandbox.execute(every_byte, b"", deadline_ms=5000)
     assert outcome.output == bytes(range(256)) * 2
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("new Response('not found', {status: 404})", b"not found"),
+        ("new Response(null, {status: 204})", b""),
+        (
+            "new Response('x', {status: 503, headers: {'X-Oyster-Loader-Verdict': 'exception'}})",
+            b"x",
+        ),
+    ],
+    ids=["404", "204", "forged-verdict-header"],
+)
+async def test_the_status_and_headers_are_not_part_of_the_output(
+    env: Env, response: str, expected: bytes
+) -> None:
+    code = b"export default { async fetch() { return %s; } };" % response.encode()
+    outcome = await env.sandbox.execute(code, b"", deadline_ms=5000)
+    assert (outcome.error_code, outcome.output) == (ErrorCode.OK, expected)
+
+
+async def test_a_content_encoding_the_code_sets_is_applied_as_workerd_does(env: Env) -> None:
+    code = b"""export default { async fetch() {
+      return new Response("hello hello hello", {headers: {"content-encoding": "gzip"}});
+    } };"""
+    outcome = await env.sandbox.execute(code, b"", deadline_ms=5000)
+    assert outcome.output[:2] == b"\x1f\x8b"  # workerd compressed it, on both paths
+    assert gzip.decompress(outcome.output) == b"hello hello hello"
 
 
 # --- secrets --------------------------------------------------------------------------------

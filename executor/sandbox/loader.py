@@ -36,6 +36,7 @@ from __future__ import annotations
 import struct
 from enum import Enum
 
+from executor.errors import SandboxError
 from executor.sandbox.workerd import COMPATIBILITY_DATE, capnp_string
 
 VERDICT_HEADER = "x-oyster-loader-verdict"
@@ -91,9 +92,13 @@ export default {{
       }}
       return verdict("exception", error);
     }}
-    const out = new Headers(response.headers);
-    out.delete(VERDICT);
-    return new Response(response.body, {{ status: response.status, headers: out }});
+    try {{
+      const out = new Headers(response.headers);
+      out.delete(VERDICT);
+      return new Response(response.body, {{ status: response.status, headers: out }});
+    }} catch (error) {{
+      return verdict("exception", error);  // e.g. a status a cold workerd cannot send either
+    }}
   }}
 }};
 """
@@ -142,7 +147,7 @@ class Verdict(Enum):
         try:
             verdict = cls(value)
         except ValueError:
-            raise ValueError(f"unknown loader verdict {value!r}") from None
+            verdict = cls.RESPONDED
         if verdict is cls.RESPONDED:
-            raise ValueError(f"unknown loader verdict {value!r}")
+            raise SandboxError(f"unknown loader verdict {value!r}")
         return verdict

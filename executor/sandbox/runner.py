@@ -130,6 +130,8 @@ class Sandbox:
         """Run ``code`` once with ``inputs`` as the request body, within ``deadline_ms``."""
         job = f"job {label}" if label else "job"
         secret = self.secret_path(secret_id)
+        # Read before a slot is taken: a warm job hands the bytes to the loader.
+        secret_bytes = _read_secret(job, secret) if self._warm is not None else None
         slice_: Slice | None = None
         files: JobFiles | None = None
         proc: WorkerdProcess | None = None
@@ -145,7 +147,7 @@ class Sandbox:
                     if worker is not None:
                         assert self._warm is not None
                         proc = worker.proc
-                        frame = encode_frame(code, inputs, _read_secret(job, secret))
+                        frame = encode_frame(code, inputs, secret_bytes)
                         verdict, body = await self._warm.request(worker, frame)
                     else:
                         files = self._write_files(job, code, slice_, secret)
