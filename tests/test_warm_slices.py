@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -57,6 +58,7 @@ async def sandbox(parent: Path, tmp_path: Path) -> AsyncIterator[Sandbox]:
     sandbox = _sandbox(parent, tmp_path, None, workerd_bin_or_skip())
     sandbox.start()
     try:
+        await eventually(lambda: _warm(sandbox).ready_count == 2)  # else jobs would start cold
         yield sandbox
     finally:
         await sandbox.close()
@@ -235,6 +237,37 @@ async def test_zero_warm_workers_is_the_cold_path(parent: Path, tmp_path: Path) 
     assert sandbox.warm is None
     assert (await sandbox.execute(ECHO_JS, b"c", deadline_ms=5000)).output == b"echo:c"
     await sandbox.close()
+
+
+async def test_a_slice_whose_port_is_taken_is_retried_not_given_up(
+    parent: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox = _sandbox(parent, tmp_path, None, workerd_bin_or_skip())
+    assert sandbox.pool is not None
+    blocked = sandbox.pool.slices[0]
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as workerd binds it
+    try:
+        squatter.bind(("127.0.0.1", blocked.port))
+    except OSError as e:
+        squatter.close()
+        pytest.skip(f"port {blocked.port} is in use on this machine: {e}")
+    squatter.listen()
+    with caplog.at_level(logging.WARNING, logger="executor.sandbox.warm"):
+        sandbox.start()
+        try:
+            warm = _warm(sandbox)
+            await eventually(lambda: warm.ready_count == 1)
+            assert warm.available is True  # one busy port does not turn warm slices off
+            assert f"cannot arm slice {blocked.name} (retrying" in caplog.text
+            outcome = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
+            assert outcome.output == b"echo:x"
+            squatter.close()
+            await eventually(lambda: warm.ready_count == 2)  # armed on a later try
+        finally:
+            squatter.close()
+            await sandbox.close()
+    assert files_in(tmp_path / "runtime") == []
 
 
 # --- fallback -------------------------------------------------------------------------------

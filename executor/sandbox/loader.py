@@ -103,8 +103,6 @@ export default {{
 }};
 """
 
-WARM_UP_FRAME_CODE = b"export default { async fetch() { return new Response('ready'); } };"
-
 
 def render_loader_config(*, loader_file: str, port: int) -> str:
     """The config of a warm slice: the loader worker on ``127.0.0.1:<port>``, nothing else."""

@@ -257,19 +257,21 @@ class Sandbox:
     async def _clean_up(
         self, proc: WorkerdProcess | None, slice_: Slice | None, files: JobFiles | None
     ) -> None:
-        if proc is not None:
-            proc.kill()
-        if files is not None:
-            files.remove()
         try:
+            if proc is not None:
+                proc.kill()
+            if files is not None:
+                files.remove()
+            if proc is not None:
+                # Reaped before the slice is free again: an empty cgroup.procs does not prove
+                # that every thread has exited, and the next job in this slice needs its port.
+                await proc.close()
+        finally:
             if slice_ is not None:
                 assert self._pool is not None
                 await self._pool.release(slice_)
                 if self._warm is not None:
                     self._warm.slice_freed()
-        finally:
-            if proc is not None:
-                await proc.close()
 
 
 def _read_secret(job: str, path: Path | None) -> bytes | None:

@@ -27,15 +27,13 @@ from typing import Any
 
 import aiohttp
 
-from executor.errors import NoFreeSliceError
+from executor.errors import NoFreeSliceError, SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import (
     LOADER_JS,
     VERDICT_HEADER,
-    WARM_UP_FRAME_CODE,
     Verdict,
-    encode_frame,
     render_loader_config,
 )
 from executor.sandbox.workerd import FILE_PREFIX, WorkerdProcess, write_new_file
@@ -46,11 +44,8 @@ ARM_TIMEOUT_S = 10.0
 """Longest a slice may take to start its loader and answer the warm-up request."""
 ARM_CONCURRENCY = 4
 """Slices armed at the same time: start-ups are CPU-bound, more at once only queue for the CPU."""
-FAILURES_BEFORE_GIVING_UP = 3
-"""Consecutive failed armings, before any succeeded, that mean the loader is unavailable here."""
 RETRY_PAUSE_S = 1.0
 KEEPER_POLL_S = 1.0
-WARM_UP_LOADS = False
 
 
 class ArmError(Exception):
@@ -84,10 +79,8 @@ class WarmPool:
         self.target = pool.capacity if target is None else min(target, pool.capacity)
         self._ready: deque[WarmWorker] = deque()
         self._arming = 0
-        self._armed_ever = 0
-        self._failures = 0
         self.available: bool | None = None if self.target > 0 else False
-        """``None`` until the first arming tells; ``False`` once the pool stood down."""
+        """``None`` until the start-up probe tells; ``False``: this workerd has no loader."""
         self._changed = asyncio.Event()  # a worker got ready, a slice freed, or stood down
         self._wanted = asyncio.Event()  # a slot opened: the keeper arms another slice
         self.waiting = 0
@@ -168,15 +161,11 @@ class WarmPool:
             await self.wait_changed(remaining)
         return bool(self._ready)
 
-    async def request(self, worker: WarmWorker, frame: bytes | None) -> tuple[Verdict, bytes]:
-        """POST one job's frame to ``worker``'s loader; the verdict and up to 20481 body bytes.
-
-        ``frame=None`` sends the warm-up request instead (a GET, which loads nothing).
-        """
+    async def request(self, worker: WarmWorker, frame: bytes) -> tuple[Verdict, bytes]:
+        """POST one job's frame to ``worker``'s loader; the verdict and up to 20481 body bytes."""
         assert self._session is not None, "warm pool not started"
         url = f"http://127.0.0.1:{worker.port}/"
-        method = "GET" if frame is None else "POST"
-        async with self._session.request(method, url, data=frame) as response:
+        async with self._session.post(url, data=frame) as response:
             verdict = Verdict.from_header(response.headers.get(VERDICT_HEADER))
             limit = MAX_OUTPUT_BYTES + 1 if verdict is Verdict.RESPONDED else 64 * 1024
             chunks = []
@@ -219,6 +208,7 @@ class WarmPool:
     # --- the keeper ------------------------------------------------------------------------
 
     async def _keep(self) -> None:
+        await self._probe()
         while self.available is not False:
             with contextlib.suppress(TimeoutError):  # also polls: another process may free one
                 async with asyncio.timeout(KEEPER_POLL_S):
@@ -257,13 +247,10 @@ class WarmPool:
         try:
             worker = await self._start_worker(slice_)  # releases the slice if it fails
         except ArmError as e:
-            self._arm_failed(slice_, str(e))
+            log.warning(
+                "cannot arm slice %s (retrying in %.0f s): %s", slice_.name, RETRY_PAUSE_S, e
+            )
         else:
-            self._failures = 0
-            self._armed_ever += 1
-            if self.available is None:
-                self.available = True
-                log.info("warm slices available: workerd serves jobs through its Worker Loader")
             self._ready.append(worker)
             self._changed.set()
             return
@@ -273,62 +260,89 @@ class WarmPool:
         await asyncio.sleep(RETRY_PAUSE_S)
         self._wanted.set()
 
-    def _arm_failed(self, slice_: Slice, reason: str) -> None:
-        self._failures += 1
-        if self._armed_ever == 0 and self._failures >= FAILURES_BEFORE_GIVING_UP:
-            if self.available is not False:
-                log.error(
-                    "warm slices UNAVAILABLE, every job runs cold: the Worker Loader did not "
-                    "start (%s)",
-                    reason,
-                )
+    async def _probe(self) -> None:
+        """Decide once whether this workerd has a Worker Loader: start the loader on an ephemeral
+        port, outside any slice (it runs only our loader, no user code), and ask it once.
+
+        A slice's own port may be taken for a while (another process): that is a reason to retry
+        that slice, not to give up on warm slices.
+        """
+        try:
+            proc, files, _ = await self._launch(port=0, cgroup_procs=None)
+        except ArmError as e:
             self.available = False
+            log.error(
+                "warm slices UNAVAILABLE, every job runs cold: "
+                "the Worker Loader did not start (%s)",
+                e,
+            )
             self._changed.set()
-        else:
-            log.warning("cannot arm slice %s (retrying): %s", slice_.name, reason)
+            return
+        proc.kill()
+        await proc.close()
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.available = True
+        log.info("warm slices available: workerd serves jobs through its Worker Loader")
 
     async def _start_worker(self, slice_: Slice) -> WarmWorker:
+        try:
+            proc, files, port = await self._launch(port=slice_.port, cgroup_procs=slice_.procs_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                slice_.trigger_kill()
+            await self._pool.release(slice_)
+            raise
+        return WarmWorker(slice_, proc, files, port)
+
+    async def _launch(
+        self, *, port: int, cgroup_procs: Path | None
+    ) -> tuple[WorkerdProcess, tuple[Path, Path], int]:
+        """Write the loader's files, start it, ask it once; ``ArmError`` (all cleaned up) if not."""
         stem = self._runtime_path / f"{FILE_PREFIX}loader-{secrets.token_hex(8)}"
-        js, config = stem.with_suffix(".js"), stem.with_suffix(".capnp")
+        files = (stem.with_suffix(".js"), stem.with_suffix(".capnp"))
         proc: WorkerdProcess | None = None
         try:
-            write_new_file(js, LOADER_JS.encode())
-            rendered = render_loader_config(loader_file=js.name, port=slice_.port)
-            write_new_file(config, rendered.encode())
+            write_new_file(files[0], LOADER_JS.encode())
+            rendered = render_loader_config(loader_file=files[0].name, port=port)
+            write_new_file(files[1], rendered.encode())
             async with asyncio.timeout(ARM_TIMEOUT_S):
                 proc = await WorkerdProcess.spawn(
                     self._workerd_bin,
-                    config,
-                    cgroup_procs=slice_.procs_file,
+                    files[1],
+                    cgroup_procs=cgroup_procs,
                     extra_args=("--experimental",),
                 )
-                port = await proc.wait_listening()
-                if port is None:
+                listening = await proc.wait_listening()
+                if listening is None:
                     await proc.wait()
                     await asyncio.wait([proc.stderr.task])
                     raise ArmError(
                         f"workerd exited with status {proc.returncode}: {proc.stderr_tail()}"
                     )
-                worker = WarmWorker(slice_, proc, (js, config), port)
-                warm_up = encode_frame(WARM_UP_FRAME_CODE, b"", None) if WARM_UP_LOADS else None
-                verdict, body = await self.request(worker, warm_up)
+                verdict, body = await self._warm_up(listening)
             if (verdict, body) != (Verdict.RESPONDED, b"ready"):
                 raise ArmError(f"warm-up answered {verdict.value}: {body[:200]!r}")
             proc.stdout.forget()
             proc.stderr.forget()
-            return worker
+            return proc, files, listening
         except BaseException as e:
             if proc is not None:
                 proc.kill()
-                with contextlib.suppress(OSError):
-                    slice_.trigger_kill()
                 await proc.close()
-            for path in (js, config):
+            for path in files:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            await self._pool.release(slice_)
             if isinstance(e, TimeoutError):
                 raise ArmError(f"not ready within {ARM_TIMEOUT_S} s") from e
-            if isinstance(e, (OSError, aiohttp.ClientError, ValueError)):
+            if isinstance(e, (OSError, aiohttp.ClientError, SandboxError)):
                 raise ArmError(f"{type(e).__name__}: {e}") from e
             raise
+
+    async def _warm_up(self, port: int) -> tuple[Verdict, bytes]:
+        """The throwaway request that readies the loader's isolate (a GET: loads nothing)."""
+        assert self._session is not None, "warm pool not started"
+        async with self._session.get(f"http://127.0.0.1:{port}/") as response:
+            verdict = Verdict.from_header(response.headers.get(VERDICT_HEADER))
+            return verdict, await response.content.read(64)
