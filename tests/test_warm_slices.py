@@ -259,7 +259,7 @@ async def test_a_slice_whose_port_is_taken_is_retried_not_given_up(
             warm = _warm(sandbox)
             await eventually(lambda: warm.ready_count == 1)
             assert warm.available is True  # one busy port does not turn warm slices off
-            assert f"cannot arm slice {blocked.name} (retrying" in caplog.text
+            await eventually(lambda: f"cannot arm slice {blocked.name} (retrying" in caplog.text)
             outcome = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
             assert outcome.output == b"echo:x"
             squatter.close()
