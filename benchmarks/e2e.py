@@ -25,6 +25,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,9 +243,11 @@ async def main(args: argparse.Namespace) -> None:
                             print(f"measuring {name} (daemon pid {daemon.pid}) ...", flush=True)
                             try:
                                 results[name] = await measure(bench, daemon, responses, args)
-                            except (TimeoutError, RuntimeError) as e:
-                                tail = "\n".join(daemon.log_text().splitlines()[-25:])
-                                print(f"!! {name} failed: {e!r}; daemon log tail:\n{tail}")
+                            except (TimeoutError, RuntimeError):
+                                kept = Path(tempfile.mkdtemp(prefix="oyster-e2e-failed-"))
+                                shutil.copy(daemon.log_file, kept)
+                                print(f"!! {name} failed (daemon log kept in {kept}):")
+                                print(traceback.format_exc(limit=-3))
                     finally:
                         remove_slices(parent)
             finally:

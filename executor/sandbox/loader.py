@@ -125,7 +125,7 @@ const loaderWorker :Workerd.Worker = (
 def encode_frame(code: bytes, inputs: bytes, secret: bytes | None) -> bytes:
     """The loader's request body for one job (see the module docstring)."""
     if len(code) >= NO_SECRET or (secret is not None and len(secret) >= NO_SECRET):
-        raise ValueError("code or secret too large for the loader frame")
+        raise SandboxError("code or secret too large for the loader frame (4 GiB)")
     secret_length = NO_SECRET if secret is None else len(secret)
     return b"".join((struct.pack(">II", len(code), secret_length), code, secret or b"", inputs))
 

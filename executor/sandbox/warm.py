@@ -3,14 +3,19 @@
 Cold, a job pays for the blocking ``cgroup.procs`` write (about 18 ms here), workerd's start-up and
 its first request before its own code runs. Here those happen before the job arrives: a keeper task
 holds up to ``target`` slices, each running one ``workerd serve --experimental`` with the loader
-worker of :mod:`executor.sandbox.loader`, already asked once (a throwaway worker) so that the
+worker of :mod:`executor.sandbox.loader`, already asked once (a throwaway GET) so that the
 loader's isolate is ready. A job takes one ready process (:meth:`WarmPool.take`), sends it its code
 and inputs, and the process is then killed with everything in its slice (:meth:`WarmPool.retire`);
 the slice is emptied, released and armed again in the background. One process serves exactly one
 job, so jobs stay as isolated from each other as on the cold path.
 
-If the loader cannot start at all (a workerd without ``--experimental`` / ``workerLoader``), the
-pool says so once in the log and stands down: every job then takes the cold path.
+While jobs queue for a slot (a burst larger than the armed slices), freed slices go to them for a
+cold start instead of being armed: arming and then loading costs more CPU than one cold start, so
+bursts keep the cold path's throughput; arming resumes as soon as nobody waits.
+
+Whether this workerd has a Worker Loader at all is decided once, at start, by a probe on an
+ephemeral port: if it has not (no ``--experimental`` / ``workerLoader``), the pool says so in the
+log and stands down, and every job takes the cold path.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from executor.errors import NoFreeSliceError, SandboxError
+from executor.errors import ArmError, NoFreeSliceError, SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import (
@@ -46,10 +51,6 @@ ARM_CONCURRENCY = 4
 """Slices armed at the same time: start-ups are CPU-bound, more at once only queue for the CPU."""
 RETRY_PAUSE_S = 1.0
 KEEPER_POLL_S = 1.0
-
-
-class ArmError(Exception):
-    """A slice could not be armed (internal: logged by the keeper, never raised to a job)."""
 
 
 @dataclass(eq=False)
@@ -334,6 +335,8 @@ class WarmPool:
             for path in files:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+            if isinstance(e, ArmError):
+                raise
             if isinstance(e, TimeoutError):
                 raise ArmError(f"not ready within {ARM_TIMEOUT_S} s") from e
             if isinstance(e, (OSError, aiohttp.ClientError, SandboxError)):
