@@ -1,14 +1,20 @@
 """Run one job's code in workerd, confined to a cgroup slice; turn what happens into a JobOutcome.
 
-This implements the execution half of PROTOCOL §3 (error codes 0, 3, 4, 5). Anything the protocol
-has no code for raises ``SandboxError`` and the caller submits nothing.
+This implements the execution half of docs/protocol.md §3 (error codes 0, 3, 4, 5). Anything the
+protocol has no code for raises ``SandboxError`` and the caller submits nothing.
+
+A job takes one of two paths with the same semantics. Warm (the daemon's default): a workerd already
+started in a free slice loads the code into a fresh isolate (:mod:`.warm`, :mod:`.loader`) and is
+killed after this one job. Cold (``warm_workers = 0``, a workerd without Worker Loader, or a job
+that finds no armed slice but a free one): workerd is spawned for the job in a free slice.
 
 ``total_time_ms`` is measured from the moment the sandbox takes the job (waiting for a free slice
-when all are busy, which is normally no wait at all; writing the job's two files, well under a
-millisecond; then spawning workerd) until the response body has been read. The deadline runs on the
-same clock, so it bounds the wait for a slice, workerd's start-up, the request and the response,
-and a job that hits it reports ``total_time_ms == deadline_ms``. Waiting for a slice rather than
-failing at once matters: a job that gets no submission at all costs the operator a slash.
+when all are busy, which is normally no wait at all; on the cold path, writing the job's two files,
+well under a millisecond, then spawning workerd) until the response body has been read. The
+deadline runs on the same clock, so it bounds the wait for a slice, workerd's start-up, the request
+and the response, and a job that hits it reports ``total_time_ms == deadline_ms``. Waiting for a
+slice rather than failing at once matters: a job that gets no submission at all costs the operator
+a slash.
 """
 
 from __future__ import annotations
