@@ -253,6 +253,31 @@ async def test_the_status_and_headers_are_not_part_of_the_output(
     assert (outcome.error_code, outcome.output) == (ErrorCode.OK, expected)
 
 
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (
+            b'export default { async fetch() { return new Response("a\xffb"); } };',
+            b"a\xef\xbf\xbdb",
+        ),
+        (b"// \xc3\x28\nexport default { async fetch() { return new Response('ok'); } };", b"ok"),
+        (b"\xef\xbb\xbfexport default { async fetch() { return new Response('bom'); } };", b"bom"),
+        (b'export default { async fetch() { return new Response("x\x00y"); } };', b"x\x00y"),
+        (
+            'export default { async fetch() { return new Response("h\u00e9"); } };'.encode(),
+            b"h\xc3\xa9",
+        ),
+    ],
+    ids=["invalid-utf8-in-string", "invalid-utf8-in-comment", "bom", "nul", "utf8"],
+)
+async def test_code_bytes_are_decoded_as_workerd_decodes_a_module_file(
+    env: Env, code: bytes, expected: bytes
+) -> None:
+    # The warm path hands the code over as bytes; the loader must read them as a module file is.
+    outcome = await env.sandbox.execute(code, b"", deadline_ms=5000)
+    assert (outcome.error_code, outcome.output) == (ErrorCode.OK, expected)
+
+
 async def test_a_content_encoding_the_code_sets_is_applied_as_workerd_does(env: Env) -> None:
     code = b"""export default { async fetch() {
       return new Response("hello hello hello", {headers: {"content-encoding": "gzip"}});
