@@ -67,8 +67,12 @@ lock:
 image:
 	docker build -f Dockerfile.nitro -t oyster-executor:enclave .
 
+# Sandbox latency, then the whole daemon on anvil (see BENCHMARKS.md; takes a few minutes).
+# BENCH_E2E_ARGS="--rss-jobs 1000 --compare-cold --profile" gives the full figures.
+BENCH_E2E_ARGS ?= --rss-jobs 200
 bench: setup
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.e2e $(BENCH_E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,8 @@ Measured per job (one workerd process each, as the protocol requires):
 - sandbox, unconfined: ``Sandbox.execute`` without a slice;
 - sandbox, in a slice: ``Sandbox.execute`` with a real cgroup v2 slice (skipped, and said so, when
   slices cannot be created here);
+- sandbox, warm slice: the same with warm single-use slices (the daemon's default): the workerd
+  was started in its slice before the job, which its Worker Loader runs in a fresh isolate;
 - the daemon's memory: RSS of this process after the runs, and its growth over them (leak check).
 """
 
@@ -93,8 +95,8 @@ def sandboxed(sandbox: Sandbox) -> Callable[[], Awaitable[float]]:
     return run
 
 
-def make_slices(count: int) -> Path | None:
-    parent = f"oyster-bench-{os.getpid()}"
+def make_slices(count: int, tag: str = "") -> Path | None:
+    parent = f"oyster-bench-{os.getpid()}{tag}"
     made = subprocess.run(
         [str(REPO_ROOT / "cgroup_setup.sh"), "--parent", parent, "--count", str(count)],
         capture_output=True,
@@ -129,7 +131,8 @@ def summary(samples: list[float]) -> tuple[float, float]:
 async def main(runs: int) -> None:
     workerd = workerd_binary()
     folder = Path(tempfile.mkdtemp(prefix="oyster-bench-"))
-    parent = make_slices(2)
+    parent = make_slices(4)  # slices 1-2 for the cold variant, 3-4 (other ports) for the warm one
+    warm: Sandbox | None = None
     try:
         variants: dict[str, Callable[[], Awaitable[float]]] = {
             "bare workerd": lambda: bare_workerd(workerd, folder),
@@ -145,9 +148,19 @@ async def main(runs: int) -> None:
                     workerd_bin=workerd,
                     runtime_path=folder,
                     secret_store_path=folder,
-                    pool=SlicePool.discover(parent),
+                    pool=SlicePool(SlicePool.discover(parent).slices[:2], parent),
                 )
             )
+            warm = Sandbox(
+                workerd_bin=workerd,
+                runtime_path=folder,
+                secret_store_path=folder,
+                pool=SlicePool(SlicePool.discover(parent).slices[2:], parent),
+                warm_workers=None,
+                complete_logs=False,  # as the daemon runs it
+            )
+            warm.start()
+            variants["sandbox, warm slice"] = sandboxed(warm)
         for run in variants.values():  # warm-up: page cache, first-spawn costs
             for _ in range(3):
                 await run()
@@ -158,6 +171,8 @@ async def main(runs: int) -> None:
                 samples[name].append(await run())
         rss_after = rss_mib()
     finally:
+        if warm is not None:
+            await warm.close()
         if parent is not None:
             remove_slices(parent)
         shutil.rmtree(folder, ignore_errors=True)

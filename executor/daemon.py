@@ -54,6 +54,7 @@ class Daemon:
         self._grace_s = shutdown_grace_s
         self._stack = contextlib.AsyncExitStack()
         self.service: ExecutorService | None = None
+        self.sandbox: Sandbox | None = None
         self.admin_url = ""
         self.stop = asyncio.Event()
         self.force_stop = asyncio.Event()
@@ -98,13 +99,18 @@ class Daemon:
             )
             limits = pool.limits()
             (logger.info if limits.enforced else logger.warning)("%s", limits.describe())
-        self.metrics.watch_slices(pool)
         sandbox = Sandbox(
             workerd_bin=s.workerd_binary,
             runtime_path=s.workerd_runtime_path,
             secret_store_path=s.secret_store_path,
             pool=pool,
+            warm_workers=s.warm_workers,
+            complete_logs=False,  # the daemon never reads a job's logs
         )
+        self.sandbox = sandbox
+        self.metrics.watch_slices(sandbox if pool is not None else None)
+        sandbox.start()  # arms the warm slices in the background
+        self._stack.push_async_callback(sandbox.close)  # after the service's jobs are done
 
         # Reads fail over across every http_rpc_url; one client per endpoint for the code
         # fetcher and for broadcasting raw transactions.

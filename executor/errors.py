@@ -41,6 +41,10 @@ class SliceSetupError(SandboxError):
     """The cgroup slices are missing or unusable."""
 
 
+class ArmError(SandboxError):
+    """A warm slice could not be armed (the warm pool logs it and retries; no job sees it)."""
+
+
 class ChainError(ExecutorError):
     """Talking to the chain failed (RPC unreachable, transaction reverted, ...)."""
 

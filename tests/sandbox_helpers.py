@@ -3,6 +3,7 @@ and torn down with ``cgroup_setup.sh``; worker scripts; leak checks."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -133,6 +134,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.005)
+
+
+async def eventually(predicate: Callable[[], object], within_s: float = 20.0) -> None:
+    """Like :func:`wait_until`, for async tests: the event loop keeps running meanwhile."""
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within_s} s")
+        await asyncio.sleep(0.005)
 
 
 def proc_file(pid: int, name: str) -> bytes:

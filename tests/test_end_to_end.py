@@ -54,6 +54,9 @@ async def test_job_is_answered_on_chain_by_the_enclave(
         USER, codehash=codehash, code_inputs=b"hello chain", deadline_ms=5000
     )
     response = await response_of(devnet, job_id)
+    daemon, _ = node
+    assert daemon.sandbox is not None and daemon.sandbox.warm is not None
+    assert daemon.sandbox.warm.available  # the default: jobs run in warm slices
     assert response.executor == files.key.address
     assert response.error_code == ErrorCode.OK
     assert response.output == b"echo:hello chain"

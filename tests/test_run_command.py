@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from executor.sandbox.cgroups import SlicePool
 from tests.sandbox_helpers import (
     ECHO_JS,
     HANG_JS,
@@ -46,9 +48,12 @@ def write(folder: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def test_confined_run_prints_output_code_time_and_logs(parent: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path_flags", [(), ("--cold",)], ids=["warm", "cold"])
+def test_confined_run_prints_output_code_time_and_logs(
+    parent: Path, tmp_path: Path, path_flags: tuple[str, ...]
+) -> None:
     code = write(tmp_path, "echo.js", ECHO_JS)
-    result = run(code, "--input", '{"n": 5}', "--cgroup-parent", parent)
+    result = run(code, "--input", '{"n": 5}', "--cgroup-parent", parent, *path_flags)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "error code: 0 (executed; the output is the worker's response body)"
@@ -56,6 +61,8 @@ def test_confined_run_prints_output_code_time_and_logs(parent: Path, tmp_path: P
     assert lines[2:4] == ["output (13 bytes, UTF-8 text):", 'echo:{"n": 5}']
     assert "echo got 8 bytes" in result.stdout and "to stderr" in result.stdout
     assert "UNCONFINED" not in result.stderr
+    warm = "warm slices available" in result.stderr
+    assert warm == (not path_flags), result.stderr  # the default is the daemon's warm path
 
 
 def test_json_with_secret_and_binary_input_file(parent: Path, tmp_path: Path) -> None:
@@ -82,16 +89,37 @@ def test_json_with_secret_and_binary_input_file(parent: Path, tmp_path: Path) ->
     ],
     ids=["syntax-error", "deadline", "too-large"],
 )
+@pytest.mark.parametrize("path_flags", [(), ("--cold",)], ids=["warm", "cold"])
 def test_exit_status_reflects_the_error_code(
-    parent: Path, tmp_path: Path, code: bytes, deadline: str, status: int, meaning: str
+    parent: Path,
+    tmp_path: Path,
+    code: bytes,
+    deadline: str,
+    status: int,
+    meaning: str,
+    path_flags: tuple[str, ...],
 ) -> None:
     path = write(tmp_path, "job.js", code)
-    result = run(path, "--deadline-ms", deadline, "--cgroup-parent", parent)
+    result = run(path, "--deadline-ms", deadline, "--cgroup-parent", parent, *path_flags)
     assert result.returncode == status, result.stdout + result.stderr
     assert f"error code: {status - 10} ({meaning}" in result.stdout
     assert "output: (empty)" in result.stdout
     if status == 14:
         assert "total time: 300 ms" in result.stdout
+
+
+def test_slices_all_held_by_another_process_fail_at_once(parent: Path, tmp_path: Path) -> None:
+    # As when a daemon keeps a warm workerd in every slice: this process holds their locks.
+    pool = SlicePool.discover(parent)
+    held = [pool.reserve() for _ in pool.slices]
+    try:
+        code = write(tmp_path, "echo.js", ECHO_JS)
+        result = run(code, "--cgroup-parent", parent)
+    finally:
+        for slice_ in held:
+            asyncio.run(pool.release(slice_))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no free cgroup slice" in result.stderr and "warm_workers" in result.stderr
 
 
 def test_unconfined_says_so_loudly(tmp_path: Path) -> None:

@@ -1,11 +1,17 @@
 """The Sandbox with real workerd in real cgroup slices: every error code it produces, secrets,
-confinement, concurrency, cancellation, and that nothing is left behind."""
+confinement, concurrency, cancellation, and that nothing is left behind.
+
+Every test taking ``env`` runs twice: on the cold path (one workerd spawned per job) and on the warm
+path (warm single-use slices, the code loaded by workerd's Worker Loader): the semantics are the
+same."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,7 @@ from tests.sandbox_helpers import (
     THROW_JS,
     TOP_LEVEL_THROW_JS,
     cgroup2_mount_or_skip,
+    eventually,
     files_in,
     pid_alive,
     proc_file,
@@ -47,6 +54,11 @@ class Env:
     pool: SlicePool
     runtime: Path
     secrets: Path
+    path: str  # "cold" or "warm"
+
+    @property
+    def warm_workers(self) -> int | None:
+        return None if self.path == "warm" else 0
 
     def assert_clean(self) -> None:
         """Every slice free and empty, no workerd left, no job file left."""
@@ -56,18 +68,31 @@ class Env:
         assert files_in(self.runtime) == []
 
 
-@pytest.fixture
-def env(parent: Path, tmp_path: Path) -> Iterator[Env]:
+@pytest.fixture(params=["cold", "warm"])
+async def env(parent: Path, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     runtime, store = tmp_path / "runtime", tmp_path / "secrets"
     runtime.mkdir()
     store.mkdir()
     pool = SlicePool.discover(parent)
     sandbox = Sandbox(
-        workerd_bin=workerd_bin_or_skip(), runtime_path=runtime, secret_store_path=store, pool=pool
+        workerd_bin=workerd_bin_or_skip(),
+        runtime_path=runtime,
+        secret_store_path=store,
+        pool=pool,
+        warm_workers=None if request.param == "warm" else 0,
     )
-    env = Env(sandbox, pool, runtime, store)
-    yield env
+    sandbox.start()
+    if sandbox.warm is not None:  # jobs arriving before arming would start cold
+        await eventually(lambda: sandbox.warm is not None and sandbox.warm.ready_count == 3)
+    env = Env(sandbox, pool, runtime, store, request.param)
+    try:
+        yield env
+    finally:
+        await sandbox.close()
     env.assert_clean()
+    if request.node.get_closest_marker("mixed_paths") is None:
+        other = "cold" if request.param == "warm" else "warm"
+        assert sandbox.runs[other] == 0, f"a job took the {other} path: {sandbox.runs}"
 
 
 # --- config rendering (pure) ----------------------------------------------------------------
@@ -132,8 +157,134 @@ async def test_deadline_includes_start_up(env: Env) -> None:
 
 
 async def test_start_failure_other_than_syntax_raises(env: Env) -> None:
-    with pytest.raises(SandboxError, match=r"before listening: .*not a syntax error"):
+    with pytest.raises(SandboxError, match=r"before listening.*: .*not a syntax error"):
         await env.sandbox.execute(TOP_LEVEL_THROW_JS, b"", deadline_ms=5000, label="t2")
+
+
+# --- what the code sees: the same on both paths -----------------------------------------
+
+REQUEST_SHAPE_JS = b"""
+export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    return new Response(JSON.stringify({
+      method: request.method,
+      host: url.hostname,
+      path: url.pathname,
+      port: url.port === request.headers.get("host").split(":")[1],
+      headers: [...request.headers.keys()].sort(),
+      env: Object.keys(env).sort(),
+      globals: ["LOADER", "secret"].filter((name) => name in globalThis),
+      cf: typeof request.cf,
+      body: await request.text(),
+    }));
+  }
+};
+"""
+OUTBOUND_JS = b"""
+export default {
+  async fetch(request) {
+    const results = [];
+    for (const target of (await request.text()).split(" ")) {
+      try {
+        await fetch(target);
+        results.push("reached");
+      } catch (e) {
+        results.push(String(e.message).split(";")[0]);
+      }
+    }
+    return new Response(results.join("|"));
+  }
+};
+"""
+
+
+async def test_the_code_sees_a_plain_post_and_only_its_own_env(env: Env) -> None:
+    (env.secrets / "3.bin").write_bytes(b"s")
+    outcome = await env.sandbox.execute(REQUEST_SHAPE_JS, b"in", deadline_ms=5000, secret_id=3)
+    assert json.loads(outcome.output) == {
+        "method": "POST",
+        "host": "127.0.0.1",
+        "path": "/",
+        "port": True,
+        "headers": ["connection", "content-length", "host"],
+        "env": ["secret"],  # never the loader's LOADER binding
+        "globals": [],
+        "cf": "object",
+        "body": "in",
+    }
+
+
+async def test_outbound_fetch_to_loopback_and_private_addresses_is_refused(env: Env) -> None:
+    # Includes the slices' own ports: a job cannot reach a warm process waiting in another slice.
+    targets = [f"http://127.0.0.1:{s.port}/" for s in env.pool.slices]
+    targets += ["http://localhost:1/", "http://[::1]:1/", "http://10.0.0.1:1/"]
+    outcome = await env.sandbox.execute(OUTBOUND_JS, " ".join(targets).encode(), deadline_ms=10_000)
+    assert outcome.error_code == ErrorCode.OK
+    assert outcome.output.decode().split("|") == ["internal error"] * len(targets)
+
+
+async def test_binary_output_passes_through_byte_for_byte(env: Env) -> None:
+    every_byte = (
+        b"export default { async fetch() { const a = new Uint8Array(512); "
+        b"for (let i = 0; i < 512; i++) a[i] = i % 256; return new Response(a); } };"
+    )
+    outcome = await env.sandbox.execute(every_byte, b"", deadline_ms=5000)
+    assert outcome.output == bytes(range(256)) * 2
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("new Response('not found', {status: 404})", b"not found"),
+        ("new Response(null, {status: 204})", b""),
+        (
+            "new Response('x', {status: 503, headers: {'X-Oyster-Loader-Verdict': 'exception'}})",
+            b"x",
+        ),
+    ],
+    ids=["404", "204", "forged-verdict-header"],
+)
+async def test_the_status_and_headers_are_not_part_of_the_output(
+    env: Env, response: str, expected: bytes
+) -> None:
+    code = b"export default { async fetch() { return %s; } };" % response.encode()
+    outcome = await env.sandbox.execute(code, b"", deadline_ms=5000)
+    assert (outcome.error_code, outcome.output) == (ErrorCode.OK, expected)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (
+            b'export default { async fetch() { return new Response("a\xffb"); } };',
+            b"a\xef\xbf\xbdb",
+        ),
+        (b"// \xc3\x28\nexport default { async fetch() { return new Response('ok'); } };", b"ok"),
+        (b"\xef\xbb\xbfexport default { async fetch() { return new Response('bom'); } };", b"bom"),
+        (b'export default { async fetch() { return new Response("x\x00y"); } };', b"x\x00y"),
+        (
+            'export default { async fetch() { return new Response("h\u00e9"); } };'.encode(),
+            b"h\xc3\xa9",
+        ),
+    ],
+    ids=["invalid-utf8-in-string", "invalid-utf8-in-comment", "bom", "nul", "utf8"],
+)
+async def test_code_bytes_are_decoded_as_workerd_decodes_a_module_file(
+    env: Env, code: bytes, expected: bytes
+) -> None:
+    # The warm path hands the code over as bytes; the loader must read them as a module file is.
+    outcome = await env.sandbox.execute(code, b"", deadline_ms=5000)
+    assert (outcome.error_code, outcome.output) == (ErrorCode.OK, expected)
+
+
+async def test_a_content_encoding_the_code_sets_is_applied_as_workerd_does(env: Env) -> None:
+    code = b"""export default { async fetch() {
+      return new Response("hello hello hello", {headers: {"content-encoding": "gzip"}});
+    } };"""
+    outcome = await env.sandbox.execute(code, b"", deadline_ms=5000)
+    assert outcome.output[:2] == b"\x1f\x8b"  # workerd compressed it, on both paths
+    assert gzip.decompress(outcome.output) == b"hello hello hello"
 
 
 # --- secrets --------------------------------------------------------------------------------
@@ -164,20 +315,28 @@ async def test_missing_secret_raises_naming_the_id_and_path(env: Env) -> None:
 
 async def test_workerd_runs_inside_its_slice_and_cancel_cleans_up(env: Env) -> None:
     mount = cgroup2_mount_or_skip()
+    warm = env.sandbox.warm
+    if warm is not None:  # every slice holds an armed workerd: wait for them
+        await eventually(lambda: warm.ready_count == len(env.pool.slices))
+        idle = set(warm.ready_pids())
+    else:
+        idle = set()
     job = asyncio.ensure_future(env.sandbox.execute(HANG_JS, b"", deadline_ms=20_000))
     pids: list[tuple[int, int]] = []
     for _ in range(400):
         pids = [(s.index, pid) for s in env.pool.slices for pid in s.pids()]
-        if pids:
+        busy = [(index, pid) for index, pid in pids if warm is None or pid not in warm.ready_pids()]
+        if busy:
             break
         await asyncio.sleep(0.005)
-    assert len(pids) == 1, "workerd never showed up in a slice"
-    index, pid = pids[0]
+    assert len(busy) == 1, "workerd never showed up in a slice"
+    index, pid = busy[0]
+    assert warm is None or pid in idle  # the job got an already armed process
     slice_path = env.pool.slices[index - 1].path
     cgroup = proc_file(pid, "cgroup").decode()
     assert f"0::/{slice_path.relative_to(mount)}\n" in cgroup
     assert b"workerd" in proc_file(pid, "cmdline")
-    assert workerd_pids_referencing(env.runtime) == [pid]
+    assert pid in workerd_pids_referencing(env.runtime)
 
     await asyncio.sleep(0.2)  # let it start listening and hang on the request
     job.cancel()  # a forced daemon shutdown
@@ -187,6 +346,7 @@ async def test_workerd_runs_inside_its_slice_and_cancel_cleans_up(env: Env) -> N
     # env's teardown checks: slice free and empty, no workerd, no files
 
 
+@pytest.mark.mixed_paths  # more jobs than slices: some may start cold
 async def test_burst_larger_than_the_pool_queues_and_leaves_nothing_behind(env: Env) -> None:
     # 8 jobs on 3 slices: the ones that find every slice busy wait for one instead of failing
     # (no submission at all would get the operator slashed).
@@ -209,6 +369,7 @@ async def test_burst_larger_than_the_pool_queues_and_leaves_nothing_behind(env: 
     assert [r.output for r in again] == [b"echo:"] * 3
 
 
+@pytest.mark.mixed_paths  # more jobs than slices: some may start cold
 async def test_deadline_can_expire_while_waiting_for_a_slice(env: Env) -> None:
     hangers = [env.sandbox.execute(HANG_JS, b"", deadline_ms=1500) for _ in range(3)]
     waiting = env.sandbox.execute(ECHO_JS, b"late", deadline_ms=300)
@@ -318,13 +479,23 @@ async def test_clean_up_survives_repeated_cancellation() -> None:
     assert finished.is_set()
 
 
+@pytest.mark.mixed_paths  # the loader cannot start there: cold
 async def test_missing_workerd_binary_raises_and_cleans_up(env: Env, tmp_path: Path) -> None:
+    await env.sandbox.close()  # give its slices back: the sandbox below uses the same ones
     missing = tmp_path / "no-such-workerd"
     confined = Sandbox(
-        workerd_bin=missing, runtime_path=env.runtime, secret_store_path=env.secrets, pool=env.pool
+        workerd_bin=missing,
+        runtime_path=env.runtime,
+        secret_store_path=env.secrets,
+        pool=env.pool,
+        warm_workers=env.warm_workers,
     )
-    with pytest.raises(SandboxError, match="exited with status 127 before listening"):
-        await confined.execute(ECHO_JS, b"", deadline_ms=5000)
+    confined.start()
+    try:  # warm: the loader never starts, so the job falls back to the cold path
+        with pytest.raises(SandboxError, match="exited with status 127 before listening"):
+            await confined.execute(ECHO_JS, b"", deadline_ms=5000)
+    finally:
+        await confined.close()
     unconfined = Sandbox(
         workerd_bin=missing, runtime_path=env.runtime, secret_store_path=env.secrets, pool=None
     )

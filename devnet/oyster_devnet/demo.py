@@ -110,6 +110,19 @@ def print_table(jobs: list[tuple[int, DemoJob]], found: dict[int, JobResponse]) 
             say(f"{'':>20}error {code.value}: {code.meaning}")
 
 
+async def sandbox_path(log_file: Path, wait_s: float = 10) -> str:
+    """Which path the daemon's jobs take, from its log (warm slices are armed in the background)."""
+    give_up = time.monotonic() + wait_s
+    while time.monotonic() < give_up:
+        text = await asyncio.to_thread(log_file.read_text, errors="replace")
+        if "warm slices available" in text:
+            return "jobs run in warm slices: workerd is started in its slice before the job arrives"
+        if "warm slices UNAVAILABLE" in text or "so no warm slices" in text:
+            return "jobs run cold (no warm slices here: see the daemon log): workerd starts per job"
+        await asyncio.sleep(0.1)
+    return "warm slices not armed yet: the first jobs may start workerd cold"
+
+
 async def run_demo(workdir: Path) -> int:
     say("== oyster-executor demo: a local chain, the devnet contracts, the daemon, real jobs")
     async with start_network(
@@ -125,6 +138,7 @@ async def run_demo(workdir: Path) -> int:
         say(f"-- Jobs contract {devnet.jobs_address}")
         say(f"-- executor {executor.enclave_address}: admin API {executor.admin_url}")
         say(f"   daemon log {log_file}")
+        say(f"-- {await sandbox_path(log_file)}")
         jobs: list[tuple[int, DemoJob]] = []
         codehashes: dict[str, str] = {}
         for job in JOBS:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from executor.errors import ExecutorError, SliceSetupError
+from executor.errors import ExecutorError, NoFreeSliceError, SliceSetupError
 from executor.outcome import ErrorCode, JobOutcome
 from executor.sandbox.binary import find_workerd
 from executor.sandbox.cgroups import SlicePool
@@ -74,6 +74,12 @@ def register(subparsers: Any) -> None:
         "--unconfined",
         action="store_true",
         help="run WITHOUT a cgroup slice (no limits; for machines without slices)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="start workerd for the job (the fallback path) instead of loading the code into a "
+        "warm slice's workerd (the daemon's default path)",
     )
     parser.add_argument(
         "--workerd", type=Path, metavar="PATH", help="workerd binary (default: the npm package's)"
@@ -142,19 +148,43 @@ def run_command(args: argparse.Namespace) -> int:
             Path(store, f"{SECRET_ID}.bin").symlink_to(args.secret_file.resolve())
             secret_id = SECRET_ID
         sandbox = Sandbox(
-            workerd_bin=workerd_bin, runtime_path=runtime, secret_store_path=store, pool=pool
+            workerd_bin=workerd_bin,
+            runtime_path=runtime,
+            secret_store_path=store,
+            pool=pool,
+            warm_workers=0 if args.cold else 1,
         )
         outcome = asyncio.run(
-            sandbox.execute(
-                code,
-                inputs,
-                deadline_ms=args.deadline_ms,
-                secret_id=secret_id,
-                label=args.code.name,
-            )
+            _execute(sandbox, code, inputs, args.deadline_ms, secret_id, args.code.name)
         )
     print(_render_json(outcome) if args.json else _render_text(outcome))
     return 0 if outcome.error_code == ErrorCode.OK else EXIT_CODE_OFFSET + outcome.error_code
+
+
+async def _execute(
+    sandbox: Sandbox, code: bytes, inputs: bytes, deadline_ms: int, secret_id: int, label: str
+) -> JobOutcome:
+    """One job, on the path the daemon takes: a slice armed before the job (as the daemon keeps
+    them), then the job; cold if the Worker Loader is unavailable or with --cold."""
+    pool = sandbox.pool
+    if pool is not None:  # fail now, clearly, rather than wait out the deadline
+        try:
+            await pool.release(pool.reserve())
+        except NoFreeSliceError as e:
+            raise NoFreeSliceError(
+                f"{e}; they are locked by another process: a running daemon keeps a warm workerd "
+                "in each free slice (set its warm_workers below the slice count to leave some)"
+            ) from e
+    sandbox.start()
+    try:
+        if sandbox.warm is not None and not await sandbox.warm.settle():
+            print("note: no warm slice (see the log above): the job starts workerd cold",
+                  file=sys.stderr)  # fmt: skip
+        return await sandbox.execute(
+            code, inputs, deadline_ms=deadline_ms, secret_id=secret_id, label=label
+        )
+    finally:
+        await sandbox.close()
 
 
 def _as_text(output: bytes) -> str | None:

@@ -42,7 +42,7 @@ _PLACE_AND_EXEC = 'echo $$ > "$0" && exec "$@"'
 _CHILD_ENV = {"PATH": "/usr/bin:/bin"}  # nothing of the daemon's environment reaches workerd
 
 
-def _capnp_string(value: str) -> str:
+def capnp_string(value: str) -> str:
     if any(ord(c) < 0x20 for c in value):
         raise ValueError(f"control character in a config string: {value!r}")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -57,7 +57,7 @@ def render_config(*, code_file: str, port: int, secret_file: str | None = None) 
     bindings = ""
     if secret_file is not None:
         bindings = (
-            f'\n  bindings = [ (name = "secret", data = embed {_capnp_string(secret_file)}) ],'
+            f'\n  bindings = [ (name = "secret", data = embed {capnp_string(secret_file)}) ],'
         )
     return f"""using Workerd = import "/workerd/workerd.capnp";
 
@@ -67,7 +67,7 @@ const config :Workerd.Config = (
 );
 
 const mainWorker :Workerd.Worker = (
-  modules = [ (name = "main", esModule = embed {_capnp_string(code_file)}) ],
+  modules = [ (name = "main", esModule = embed {capnp_string(code_file)}) ],
   compatibilityDate = "{COMPATIBILITY_DATE}",{bindings}
 );
 """
@@ -90,8 +90,8 @@ class JobFiles:
         secret_rel = None if secret_path is None else os.path.relpath(secret_path, runtime_dir)
         config = render_config(code_file=files.code.name, port=port, secret_file=secret_rel)
         try:
-            _write_new(files.code, code)
-            _write_new(files.config, config.encode())
+            write_new_file(files.code, code)
+            write_new_file(files.config, config.encode())
         except BaseException:
             files.remove()
             raise
@@ -103,7 +103,7 @@ class JobFiles:
                 path.unlink()
 
 
-def _write_new(path: Path, data: bytes) -> None:
+def write_new_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -131,6 +131,12 @@ class BoundedCapture:
                 self._kept += min(room, len(chunk))
             self.dropped += max(0, len(chunk) - max(room, 0))
 
+    def forget(self) -> None:
+        """Drop what was kept so far (a warm process's start-up), restarting the limit."""
+        self._chunks.clear()
+        self._kept = 0
+        self.dropped = 0
+
     @property
     def data(self) -> bytes:
         return b"".join(self._chunks)
@@ -155,7 +161,12 @@ class WorkerdProcess:
 
     @classmethod
     async def spawn(
-        cls, workerd_bin: Path, config: Path, *, cgroup_procs: Path | None
+        cls,
+        workerd_bin: Path,
+        config: Path,
+        *,
+        cgroup_procs: Path | None,
+        extra_args: tuple[str, ...] = (),
     ) -> WorkerdProcess:
         """Start workerd on ``config``; with ``cgroup_procs``, inside that slice from the start."""
         read_fd, write_fd = os.pipe()
@@ -166,6 +177,7 @@ class WorkerdProcess:
             "--verbose",
             "--control-fd",
             str(write_fd),
+            *extra_args,
         ]
         if cgroup_procs is not None:
             argv = ["/bin/sh", "-c", _PLACE_AND_EXEC, str(cgroup_procs), *argv]

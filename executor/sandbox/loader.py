@@ -1,0 +1,151 @@
+"""The loader worker of a warm slice: its JavaScript, its config, the job frame and its verdicts.
+
+A warm slice runs one ``workerd serve --experimental`` whose only worker is the loader below. It
+holds a ``workerLoader`` binding (workerd's Worker Loader) and nothing else. One job is one POST to
+the loader carrying a binary frame::
+
+    u32 code length | u32 secret length (0xFFFFFFFF: no secret) | code | secret | inputs
+
+(big-endian lengths). The code is only ever the bytes between the two lengths' bounds: it is never
+parsed, concatenated into JavaScript or config, or looked at by the loader. The loader loads it as
+the single ES module of a fresh isolate with the cold path's compatibility date and an ``env``
+holding only ``secret`` (an ``ArrayBuffer``, as the data binding gives it, and only when the job has
+a secret), then POSTs the inputs to it with the URL, ``Host``, ``Connection`` and ``cf`` of its own
+request, i.e. what a cold worker sees. The loaded worker cannot reach ``LOADER``: its ``env`` holds
+only what is passed, and its outbound ``fetch`` follows workerd's default network rules (loopback
+and private addresses refused), the same as on the cold path.
+
+The answer is the user's response unchanged (status, headers, body streamed byte for byte), or, when
+the call itself threw, a response carrying the :data:`VERDICT_HEADER` (which the loader strips from
+the user's own headers, so user code cannot forge it):
+
+- ``start-syntax``: the module did not start with a ``SyntaxError`` (cold: workerd exits before
+  listening with a SyntaxError -> code 3);
+- ``start-other``: it did not start for another reason, e.g. a top-level ``throw`` (cold: workerd
+  exits before listening -> no submission);
+- ``exception``: the user's ``fetch`` threw or its promise can never settle (cold: workerd answers
+  500 ``Internal Server Error`` -> code 0 with that body).
+
+A start failure is told apart from an exception by the error's ``remote`` flag, which workerd sets
+on every error that crosses from the loaded worker: user code can throw an error whose message
+looks like a start failure, never one without ``remote``.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import Enum
+
+from executor.errors import SandboxError
+from executor.sandbox.workerd import COMPATIBILITY_DATE, capnp_string
+
+VERDICT_HEADER = "x-oyster-loader-verdict"
+NO_SECRET = 0xFFFFFFFF
+LOADER_ID = "oyster-jobs"
+COLD_500_BODY = b"Internal Server Error"
+"""What a cold workerd answers when the worker throws: the output the warm path reports too."""
+
+LOADER_JS = f"""\
+const VERDICT = "{VERDICT_HEADER}";
+const NO_SECRET = {NO_SECRET};
+let jobs = 0;
+
+function verdict(kind, error) {{
+  const text = String((error && error.stack) || error);
+  return new Response(text, {{ status: 500, headers: {{ [VERDICT]: kind }} }});
+}}
+
+export default {{
+  async fetch(request, env) {{
+    if (request.method !== "POST") return new Response("ready");  // the warm-up request
+    const frame = new Uint8Array(await request.arrayBuffer());
+    const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+    const codeLength = view.getUint32(0);
+    const secretLength = view.getUint32(4);
+    let at = 8;
+    const code = new TextDecoder().decode(frame.subarray(at, at + codeLength));
+    at += codeLength;
+    const workerEnv = {{}};
+    if (secretLength !== NO_SECRET) {{
+      workerEnv.secret = frame.slice(at, at + secretLength).buffer;
+      at += secretLength;
+    }}
+    const inputs = frame.slice(at);
+    const headers = {{ host: request.headers.get("host"), connection: "close" }};
+    jobs += 1;
+    const worker = env.LOADER.get("job-" + jobs, () => ({{
+      compatibilityDate: "{COMPATIBILITY_DATE}",
+      mainModule: "main",
+      modules: {{ main: {{ js: code }} }},
+      env: workerEnv,
+    }}));
+    let response;
+    try {{
+      response = await worker.getEntrypoint().fetch(request.url, {{
+        method: "POST", body: inputs, headers, cf: request.cf,
+      }});
+    }} catch (error) {{
+      const message = String(error && error.message);
+      if (error && error.remote !== true && message.startsWith("Failed to start Worker:")) {{
+        const syntax = message.includes("\\nUncaught SyntaxError");
+        return verdict(syntax ? "start-syntax" : "start-other", error);
+      }}
+      return verdict("exception", error);
+    }}
+    try {{
+      const out = new Headers(response.headers);
+      out.delete(VERDICT);
+      return new Response(response.body, {{ status: response.status, headers: out }});
+    }} catch (error) {{
+      return verdict("exception", error);  // e.g. a status a cold workerd cannot send either
+    }}
+  }}
+}};
+"""
+
+
+def render_loader_config(*, loader_file: str, port: int) -> str:
+    """The config of a warm slice: the loader worker on ``127.0.0.1:<port>``, nothing else."""
+    return f"""using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [ (name = "main", worker = .loaderWorker) ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+);
+
+const loaderWorker :Workerd.Worker = (
+  modules = [ (name = "loader", esModule = embed {capnp_string(loader_file)}) ],
+  compatibilityDate = "{COMPATIBILITY_DATE}",
+  compatibilityFlags = ["experimental"],
+  bindings = [ (name = "LOADER", workerLoader = (id = "{LOADER_ID}")) ],
+);
+"""
+
+
+def encode_frame(code: bytes, inputs: bytes, secret: bytes | None) -> bytes:
+    """The loader's request body for one job (see the module docstring)."""
+    if len(code) >= NO_SECRET or (secret is not None and len(secret) >= NO_SECRET):
+        raise SandboxError("code or secret too large for the loader frame (4 GiB)")
+    secret_length = NO_SECRET if secret is None else len(secret)
+    return b"".join((struct.pack(">II", len(code), secret_length), code, secret or b"", inputs))
+
+
+class Verdict(Enum):
+    """How the loader's call into the job's worker ended."""
+
+    RESPONDED = "responded"
+    START_SYNTAX = "start-syntax"
+    START_OTHER = "start-other"
+    EXCEPTION = "exception"
+
+    @classmethod
+    def from_header(cls, value: str | None) -> Verdict:
+        if value is None:
+            return cls.RESPONDED
+        try:
+            verdict = cls(value)
+        except ValueError:
+            verdict = cls.RESPONDED
+        if verdict is cls.RESPONDED:
+            raise SandboxError(f"unknown loader verdict {value!r}")
+        return verdict

@@ -1,0 +1,302 @@
+"""Warm single-use slices with real workerd in real cgroup slices: what only the warm path has.
+
+The job semantics of both paths are tested together in test_workerd_sandbox.py; here: arming,
+re-arming, one process per job, the loader's frame, fallback to cold, clean-up on cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from executor.errors import SandboxError
+from executor.outcome import ErrorCode
+from executor.sandbox.cgroups import SlicePool
+from executor.sandbox.loader import NO_SECRET, Verdict, encode_frame
+from executor.sandbox.runner import Sandbox
+from executor.sandbox.warm import WarmPool, WarmWorker
+from tests.sandbox_helpers import (
+    ECHO_JS,
+    HANG_JS,
+    SECRET_JS,
+    eventually,
+    files_in,
+    pid_alive,
+    slice_parent,
+    workerd_bin_or_skip,
+    workerd_pids_referencing,
+)
+
+
+@pytest.fixture(scope="module")
+def parent() -> Iterator[Path]:
+    with slice_parent(count=2) as path:
+        yield path
+
+
+def _sandbox(parent: Path, tmp_path: Path, warm_workers: int | None, workerd: Path) -> Sandbox:
+    runtime, store = tmp_path / "runtime", tmp_path / "secrets"
+    runtime.mkdir(exist_ok=True)
+    store.mkdir(exist_ok=True)
+    return Sandbox(
+        workerd_bin=workerd,
+        runtime_path=runtime,
+        secret_store_path=store,
+        pool=SlicePool.discover(parent),
+        warm_workers=warm_workers,
+    )
+
+
+@pytest.fixture
+async def sandbox(parent: Path, tmp_path: Path) -> AsyncIterator[Sandbox]:
+    sandbox = _sandbox(parent, tmp_path, None, workerd_bin_or_skip())
+    sandbox.start()
+    try:
+        await eventually(lambda: _warm(sandbox).ready_count == 2)  # else jobs would start cold
+        yield sandbox
+    finally:
+        await sandbox.close()
+    assert sandbox.pool is not None
+    assert sandbox.pool.free_count == len(sandbox.pool.slices)
+    assert all(s.pids() == [] for s in sandbox.pool.slices)
+    assert files_in(tmp_path / "runtime") == []
+    assert workerd_pids_referencing(tmp_path / "runtime") == []
+
+
+def _warm(sandbox: Sandbox) -> WarmPool:
+    assert sandbox.warm is not None
+    return sandbox.warm
+
+
+def _spy_on_take(warm: WarmPool, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the pid of every process handed to a job (the real ``take`` still does the work)."""
+    taken: list[int] = []
+    real_take = warm.take
+
+    def take() -> WarmWorker | None:
+        worker = real_take()
+        if worker is not None:
+            taken.append(worker.proc.pid)
+        return worker
+
+    monkeypatch.setattr(warm, "take", take)
+    return taken
+
+
+# --- the frame (pure) -----------------------------------------------------------------------
+
+
+def test_frame_carries_lengths_then_the_bytes_verbatim() -> None:
+    code = b'export default {}; // "\x00 \xff'
+    frame = encode_frame(code, b"in\x00put", b"\x00sec")
+    header = len(code).to_bytes(4, "big") + (4).to_bytes(4, "big")
+    assert frame == header + code + b"\x00sec" + b"in\x00put"
+    no_secret = encode_frame(code, b"", None)
+    assert no_secret[4:8] == NO_SECRET.to_bytes(4, "big")
+    assert encode_frame(code, b"", b"")[4:8] == bytes(4)  # an empty secret is still a secret
+
+
+def test_verdict_header_values() -> None:
+    assert Verdict.from_header(None) is Verdict.RESPONDED
+    assert Verdict.from_header("start-syntax") is Verdict.START_SYNTAX
+    for bad in ("responded", "ok", ""):
+        with pytest.raises(SandboxError, match="unknown loader verdict"):
+            Verdict.from_header(bad)
+
+
+# --- arming, one process per job ------------------------------------------------------------
+
+
+async def test_every_slice_is_armed_and_re_armed_after_each_job(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = _warm(sandbox)
+    await eventually(lambda: warm.ready_count == 2)
+    taken = _spy_on_take(warm, monkeypatch)
+    seen: set[int] = set(warm.ready_pids())
+    for i in range(5):
+        outcome = await sandbox.execute(ECHO_JS, b"%d" % i, deadline_ms=5000, label=f"w{i}")
+        assert outcome.output == b"echo:%d" % i
+        assert not pid_alive(taken[-1])  # killed as soon as its one job was done
+        await eventually(lambda: warm.ready_count == 2)  # and its slice armed again
+        seen.update(warm.ready_pids())
+    assert len(taken) == 5
+    assert len(set(taken)) == 5  # never the same process twice
+    assert len(seen) == 2 + 5  # the two first armed, then one new process per job
+
+
+async def test_concurrent_jobs_never_share_a_process(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = _warm(sandbox)
+    taken = _spy_on_take(warm, monkeypatch)
+    outcomes = await asyncio.gather(
+        *(sandbox.execute(ECHO_JS, b"%d" % i, deadline_ms=10_000) for i in range(6))
+    )
+    assert [o.output for o in outcomes] == [b"echo:%d" % i for i in range(6)]
+    assert len(taken) == len(set(taken))
+    # The first two took the armed processes; the others took freed slices as they came (a
+    # cold start, cheaper than arming then loading while jobs queue).
+    assert len(taken) >= 2
+
+
+async def test_a_secret_never_outlives_its_job(sandbox: Sandbox, tmp_path: Path) -> None:
+    (tmp_path / "secrets" / "5.bin").write_bytes(b"five")
+    with_secret = await sandbox.execute(SECRET_JS, b"", deadline_ms=5000, secret_id=5)
+    assert with_secret.output == b"five"
+    # The next jobs (on the re-armed slices, whichever they get) see no secret at all.
+    probe = b"export default { async fetch(r, env) { return new Response(String(env.secret)); } };"
+    for _ in range(3):
+        outcome = await sandbox.execute(probe, b"", deadline_ms=5000)
+        assert outcome.output == b"undefined"
+
+
+async def test_cancelled_job_kills_its_process_and_the_slice_is_re_armed(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = _warm(sandbox)
+    await eventually(lambda: warm.ready_count == 2)
+    taken = _spy_on_take(warm, monkeypatch)
+    job = asyncio.ensure_future(sandbox.execute(HANG_JS, b"", deadline_ms=30_000))
+    await eventually(lambda: len(taken) == 1)
+    await asyncio.sleep(0.2)  # the request is in, hanging
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert not pid_alive(taken[0])
+    await eventually(lambda: warm.ready_count == 2)
+    assert taken[0] not in warm.ready_pids()
+    # the fixture's teardown: every slice released and empty after close, no files, no workerd
+
+
+async def test_deadline_on_the_warm_path_kills_the_process(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = _spy_on_take(_warm(sandbox), monkeypatch)
+    outcome = await sandbox.execute(HANG_JS, b"", deadline_ms=1500)
+    assert (outcome.error_code, outcome.total_time_ms) == (ErrorCode.DEADLINE_EXCEEDED, 1500)
+    assert len(taken) == 1 and not pid_alive(taken[0])
+
+
+async def test_warm_workers_setting_limits_the_armed_slices(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = _sandbox(parent, tmp_path, 1, workerd_bin_or_skip())
+    sandbox.start()
+    try:
+        warm = _warm(sandbox)
+        assert warm.target == 1
+        await eventually(lambda: warm.ready_count == 1)
+        taken = _spy_on_take(warm, monkeypatch)
+        # Two at once: one takes the armed slice, the other starts cold in the free one.
+        both = await asyncio.gather(
+            sandbox.execute(ECHO_JS, b"a", deadline_ms=10_000),
+            sandbox.execute(ECHO_JS, b"b", deadline_ms=10_000),
+        )
+        assert [o.output for o in both] == [b"echo:a", b"echo:b"]
+        assert len(taken) == 1
+    finally:
+        await sandbox.close()
+    assert sandbox.pool is not None and sandbox.pool.free_count == 2
+
+
+async def test_without_complete_logs_the_outcome_comes_before_the_clean_up(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = Sandbox(
+        workerd_bin=workerd_bin_or_skip(),
+        runtime_path=tmp_path,
+        secret_store_path=tmp_path,
+        pool=SlicePool.discover(parent),
+        warm_workers=None,
+        complete_logs=False,  # as the daemon runs it
+    )
+    sandbox.start()
+    try:
+        await eventually(lambda: _warm(sandbox).ready_count == 2)
+        taken = _spy_on_take(_warm(sandbox), monkeypatch)
+        outcome = await sandbox.execute(ECHO_JS, b"quick", deadline_ms=5000)
+        assert outcome.output == b"echo:quick"
+        assert len(taken) == 1
+        await eventually(lambda: not pid_alive(taken[0]))  # killed, then reaped in the background
+        await eventually(lambda: _warm(sandbox).ready_count == 2)
+    finally:
+        await sandbox.close()
+    assert files_in(tmp_path) == []
+
+
+async def test_zero_warm_workers_is_the_cold_path(parent: Path, tmp_path: Path) -> None:
+    sandbox = _sandbox(parent, tmp_path, 0, workerd_bin_or_skip())
+    sandbox.start()
+    assert sandbox.warm is None
+    assert (await sandbox.execute(ECHO_JS, b"c", deadline_ms=5000)).output == b"echo:c"
+    await sandbox.close()
+
+
+async def test_a_slice_whose_port_is_taken_is_retried_not_given_up(
+    parent: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox = _sandbox(parent, tmp_path, None, workerd_bin_or_skip())
+    assert sandbox.pool is not None
+    blocked = sandbox.pool.slices[0]
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as workerd binds it
+    try:
+        squatter.bind(("127.0.0.1", blocked.port))
+    except OSError as e:
+        squatter.close()
+        pytest.skip(f"port {blocked.port} is in use on this machine: {e}")
+    squatter.listen()
+    with caplog.at_level(logging.WARNING, logger="executor.sandbox.warm"):
+        sandbox.start()
+        try:
+            warm = _warm(sandbox)
+            await eventually(lambda: warm.ready_count == 1)
+            assert warm.available is True  # one busy port does not turn warm slices off
+            await eventually(lambda: f"cannot arm slice {blocked.name} (retrying" in caplog.text)
+            outcome = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
+            assert outcome.output == b"echo:x"
+            squatter.close()
+            await eventually(lambda: warm.ready_count == 2)  # armed on a later try
+        finally:
+            squatter.close()
+            await sandbox.close()
+    assert files_in(tmp_path / "runtime") == []
+
+
+# --- fallback -------------------------------------------------------------------------------
+
+
+async def test_falls_back_to_cold_when_the_loader_cannot_start(
+    parent: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A workerd that refuses --experimental, as an older or differently built binary would.
+    real = workerd_bin_or_skip()
+    fake = tmp_path / "workerd-without-loader"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = --experimental ] && '
+        '{ echo "unknown option --experimental" >&2; exit 1; }; done\n'
+        f'exec "{real}" "$@"\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    sandbox = _sandbox(parent, tmp_path, None, fake)
+    with caplog.at_level(logging.INFO, logger="executor.sandbox.warm"):
+        sandbox.start()
+        try:
+            outcome = await sandbox.execute(ECHO_JS, b"cold", deadline_ms=10_000)
+            assert outcome.output == b"echo:cold"
+            await eventually(lambda: _warm(sandbox).available is False)
+            again = await sandbox.execute(ECHO_JS, b"again", deadline_ms=10_000)
+            assert again.output == b"echo:again"
+        finally:
+            await sandbox.close()
+    assert "warm slices UNAVAILABLE, every job runs cold" in caplog.text
+    assert "unknown option --experimental" in caplog.text
+    assert files_in(tmp_path / "runtime") == []
