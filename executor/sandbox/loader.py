@@ -15,13 +15,15 @@ request, i.e. what a cold worker sees. The loaded worker cannot reach ``LOADER``
 only what is passed, and its outbound ``fetch`` follows workerd's default network rules (loopback
 and private addresses refused), the same as on the cold path.
 
-The answer is the user's response unchanged (status, headers, body streamed byte for byte), or, when
-the call itself threw, a response carrying the :data:`VERDICT_HEADER` (which the loader strips from
-the user's own headers, so user code cannot forge it):
+Every answer of the loader carries the :data:`VERDICT_HEADER` (the loader replaces any header of
+that name the user's response has, so user code cannot forge it); an answer without it is the
+loader's own failure (workerd's bare 500) and raises ``SandboxError``: nothing is submitted.
 
-- ``start-syntax``: the module did not start with a ``SyntaxError`` (cold: workerd exits before
+- ``responded``: the user's response, otherwise unchanged (status, headers, body streamed byte for
+  byte);
+- ``start-syntax``: the module failed to start with a ``SyntaxError`` (cold: workerd exits before
   listening with a SyntaxError -> code 3);
-- ``start-other``: it did not start for another reason, e.g. a top-level ``throw`` (cold: workerd
+- ``start-other``: it failed to start for another reason, e.g. a top-level ``throw`` (cold: workerd
   exits before listening -> no submission);
 - ``exception``: the user's ``fetch`` threw or its promise can never settle (cold: workerd answers
   500 ``Internal Server Error`` -> code 0 with that body).
@@ -57,7 +59,9 @@ function verdict(kind, error) {{
 
 export default {{
   async fetch(request, env) {{
-    if (request.method !== "POST") return new Response("ready");  // the warm-up request
+    if (request.method !== "POST") {{  // the warm-up request
+      return new Response("ready", {{ headers: {{ [VERDICT]: "responded" }} }});
+    }}
     const frame = new Uint8Array(await request.arrayBuffer());
     const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
     const codeLength = view.getUint32(0);
@@ -94,7 +98,7 @@ export default {{
     }}
     try {{
       const out = new Headers(response.headers);
-      out.delete(VERDICT);
+      out.set(VERDICT, "responded");
       return new Response(response.body, {{ status: response.status, headers: out }});
     }} catch (error) {{
       return verdict("exception", error);  // e.g. a status a cold workerd cannot send either
@@ -141,11 +145,8 @@ class Verdict(Enum):
     @classmethod
     def from_header(cls, value: str | None) -> Verdict:
         if value is None:
-            return cls.RESPONDED
+            raise SandboxError("the loader failed: its answer carries no verdict")
         try:
-            verdict = cls(value)
+            return cls(value)
         except ValueError:
-            verdict = cls.RESPONDED
-        if verdict is cls.RESPONDED:
-            raise SandboxError(f"unknown loader verdict {value!r}")
-        return verdict
+            raise SandboxError(f"unknown loader verdict {value!r}") from None
