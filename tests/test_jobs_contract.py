@@ -54,8 +54,26 @@ def test_slash_calldata_decodes_with_the_contract_abi() -> None:
     assert args == {"_jobId": 2**200}
 
 
+PRODUCTION_ERRORS = {
+    "JobsDeadlineNotOver()": Refusal.NOT_DUE,
+    "JobsInvalidJob()": Refusal.SETTLED,
+    "JobsExecutorAlreadySubmittedOutput()": Refusal.SETTLED,
+    "JobsExecutionTimeOver()": Refusal.WINDOW_CLOSED,
+    "JobsSignatureTooOld()": Refusal.REJECTED,
+    "JobsNotSelectedExecutor()": Refusal.REJECTED,
+}
+"""The production Jobs contract's argument-less errors (not in the devnet contract)."""
+
+
 def test_every_classified_error_exists_in_the_devnet_contract() -> None:
-    assert set(_KNOWN_ERRORS) <= set(devnet_errors())
+    assert set(_KNOWN_ERRORS) - set(PRODUCTION_ERRORS) <= set(devnet_errors())
+
+
+@pytest.mark.parametrize(("error", "refusal"), sorted(PRODUCTION_ERRORS.items()))
+def test_production_reverts_are_classified_too(error: str, refusal: Refusal) -> None:
+    reason = classify_revert(function_signature_to_4byte_selector(error))
+    assert reason.refusal is refusal
+    assert reason.name == error.split("(")[0]
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,13 @@ _KNOWN_ERRORS: dict[str, Refusal] = {
     "SignatureInvalidLength(uint256)": Refusal.REJECTED,
     "SignatureInvalidV(uint8)": Refusal.REJECTED,
     "SignatureMalleable()": Refusal.REJECTED,
+    # The production Jobs contract's errors carry no arguments, so their selectors differ.
+    "JobsDeadlineNotOver()": Refusal.NOT_DUE,
+    "JobsInvalidJob()": Refusal.SETTLED,
+    "JobsExecutorAlreadySubmittedOutput()": Refusal.SETTLED,
+    "JobsExecutionTimeOver()": Refusal.WINDOW_CLOSED,
+    "JobsSignatureTooOld()": Refusal.REJECTED,
+    "JobsNotSelectedExecutor()": Refusal.REJECTED,
 }
 _BY_SELECTOR: dict[bytes, tuple[str, Refusal]] = {
     function_signature_to_4byte_selector(sig): (sig.split("(")[0], refusal)
