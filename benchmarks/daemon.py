@@ -155,14 +155,18 @@ def _frame_name(frame: str) -> str:
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+\s+\S+: job (\d+)(.*)$")
 
 
+_SENT = re.compile(r" output: nonce \d+: sent tx")
+_MINED = re.compile(r" output: nonce \d+: tx \S+ mined")
+
+
 def outcome_times(log_text: str, job_ids: list[int]) -> dict[int, float]:
-    """Wall time at which the daemon logged each job's outcome."""
+    """Wall time at which the daemon sent each job's output transaction (its outcome signed)."""
     wanted = set(job_ids)
-    found = {}
+    found: dict[int, float] = {}
     for line in log_text.splitlines():
         m = _LOG_LINE.match(line)
-        if m and int(m.group(2)) in wanted and m.group(3).startswith(": outcome"):
-            found[int(m.group(2))] = _log_time(m.group(1))
+        if m and int(m.group(2)) in wanted and _SENT.match(m.group(3)):
+            found.setdefault(int(m.group(2)), _log_time(m.group(1)))
     return found
 
 
@@ -183,28 +187,29 @@ def job_phases(
         job_id, rest = int(m.group(2)), m.group(3)
         if rest.startswith(": selected"):
             seen[job_id]["selected"] = when
-        elif rest.startswith(": outcome"):
-            seen[job_id]["outcome"] = when
+        elif _SENT.match(rest):
+            seen[job_id].setdefault("outcome", when)
+        elif _MINED.match(rest):
+            seen[job_id]["accepted"] = when
+        elif rest.startswith(": done in"):
             total = re.search(r"total_time=(\d+)ms", rest)
             if total:
                 seen[job_id]["execute_ms"] = float(total.group(1))
-        elif rest.startswith(" submitOutput: accepted"):
-            seen[job_id]["accepted"] = when
     phases: dict[str, list[float]] = collections.defaultdict(list)
     for job_id, sent in sent_wall.items():
         marks = seen.get(job_id, {})
         if not {"selected", "outcome", "accepted", "execute_ms"} <= marks.keys():
             continue
         phases["createJob sent -> daemon selected it"].append(1000 * (marks["selected"] - sent))
-        phases["selected -> outcome, less execution (code fetch)"].append(
+        phases["selected -> output tx sent, less total_time (signing, queueing)"].append(
             1000 * (marks["outcome"] - marks["selected"]) - marks["execute_ms"]
         )
-        phases["execution in the sandbox (total_time)"].append(marks["execute_ms"])
-        phases["outcome -> submission accepted (receipt seen)"].append(
+        phases["total_time: code fetch + sandbox (job clock)"].append(marks["execute_ms"])
+        phases["output tx sent -> seen mined by the daemon"].append(
             1000 * (marks["accepted"] - marks["outcome"])
         )
         if job_id in arrived_wall:
-            phases["outcome -> JobResponded at the user"].append(
+            phases["output tx sent -> JobResponded at the user"].append(
                 1000 * (arrived_wall[job_id] - marks["outcome"])
             )
     return {name: statistics.median(values) for name, values in phases.items()}

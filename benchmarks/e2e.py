@@ -55,7 +55,7 @@ class Figures:
     latency: list[float] = field(default_factory=list)  # s, daemon, one job at a time
     bare_latency: list[float] = field(default_factory=list)
     throughput: list[float] = field(default_factory=list)  # jobs/s, daemon burst
-    executed: list[float] = field(default_factory=list)  # jobs/s until the last outcome (log)
+    executed: list[float] = field(default_factory=list)  # jobs/s until the last output tx sent
     bare_throughput: list[float] = field(default_factory=list)
     rss_idle: float = 0.0
     rss_before: float = 0.0
@@ -188,7 +188,7 @@ def report(results: dict[str, Figures], args: argparse.Namespace, workerd: Path)
             f"| {name}: burst of {args.burst} (jobs/s) | {d:.1f} | {b:.1f} | {d / b:.2f} | >= 0.8 |"
         )
         e = statistics.median(f.executed)
-        print(f"| {name}: same bursts, executed (until the last outcome) | {e:.1f} | {b:.1f} | "
+        print(f"| {name}: same bursts, until the last output tx sent | {e:.1f} | {b:.1f} | "
               f"{e / b:.2f} | |")  # fmt: skip
     print("\n| daemon | RSS idle (MiB) | RSS before / after (MiB) | growth per 1000 jobs (MiB) |")
     print("|---|---:|---:|---:|")

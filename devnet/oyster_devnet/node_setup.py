@@ -36,7 +36,7 @@ def write_node_files(
     *,
     secret_store_port: int | None = None,
     ws_url: str | None = None,
-    http_url: str | None = None,
+    http_url: str | list[str] | None = None,
 ) -> NodeFiles:
     """A fresh enclave key, runtime folder (holding workerd), secret store folder and config.
 
