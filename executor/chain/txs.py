@@ -37,6 +37,7 @@ from executor.chain.txpolicy import (
     retry_transient,
     revert_data,
 )
+from executor.chain.txsign import sign_dynamic_fee_tx
 from executor.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
@@ -325,25 +326,24 @@ class TxManager:
         self, tracked: Tracked, fees: Fees, noop: bool
     ) -> tuple[RpcFailure | None, BaseException | None]:
         """Sign one attempt on the tracked nonce (recorded whatever the answer); broadcast it."""
-        tx = {
-            "to": tracked.account.address if noop else tracked.to,
-            "value": 0,
-            "data": b"" if noop else tracked.data,
-            "gas": NOOP_GAS if noop else tracked.gas,
-            "maxPriorityFeePerGas": fees.tip,
-            "maxFeePerGas": fees.cap,
-            "nonce": tracked.nonce,
-            "chainId": self._chain_id,
-            "type": 2,
-        }
-        # Signing takes ~1 ms and is mostly pure Python (RLP, eth-account) holding the GIL: a
-        # worker thread would not free the event loop, so it is done inline.
-        signed = Account.sign_transaction(tx, tracked.account.key)
-        tx_hash = signed.hash.to_0x_hex()
+        # Signing takes ~0.2 ms (executor.chain.txsign): done inline, a worker thread would
+        # cost more than it saves.
+        signed = sign_dynamic_fee_tx(
+            bytes(tracked.account.key),
+            chain_id=self._chain_id,
+            nonce=tracked.nonce,
+            tip=fees.tip,
+            max_fee=fees.cap,
+            gas=NOOP_GAS if noop else tracked.gas,
+            to=tracked.account.address if noop else tracked.to,
+            value=0,
+            data=b"" if noop else tracked.data,
+        )
+        tx_hash = signed.hash
         tracked.attempts.append(Attempt(tx_hash, fees, noop))
         tracked.sent_block = -1  # the loop's next head read starts the count of blocks
         tracked.sent_at = time.monotonic()
-        error = await self._broadcaster.send(bytes(signed.raw_transaction))
+        error = await self._broadcaster.send(signed.raw)
         failure = None if error is None else classify_rpc_error(error)
         logger.info(
             "%s: nonce %d: %s tx %s (tip %d, cap %d wei)%s",
