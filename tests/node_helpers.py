@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from executor.admin.sites import parse_tcp_addr
 from executor.daemon import Daemon
 from executor.node import NodeStatus
+from executor.outcome import JobOutcome
 from oyster_devnet.node_setup import NodeFiles
 
 T = TypeVar("T")
@@ -69,3 +70,19 @@ async def wait_until(
         if time.monotonic() > give_up:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def record_executions(daemon: Daemon) -> list[bytes]:
+    """The code of every execution the daemon's runner starts from now on, in order (the runner
+    still executes it): what reached the sandbox, for tests that must prove what never did."""
+    assert daemon.service is not None
+    runner = daemon.service.runner
+    executed: list[bytes] = []
+    real_execute = runner._execute
+
+    async def recording(code: bytes, *args: Any, **kwargs: Any) -> JobOutcome:
+        executed.append(code)
+        return await real_execute(code, *args, **kwargs)
+
+    runner._execute = recording
+    return executed

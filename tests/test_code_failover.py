@@ -13,13 +13,19 @@ import pytest
 import rlp
 
 from executor.chain.rawtx import LegacyTransaction
-from executor.outcome import ErrorCode, JobOutcome
+from executor.outcome import ErrorCode
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
 from tests.code_txs import send_code_tx
-from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
+from tests.node_helpers import (
+    CODE_ECHO,
+    record_executions,
+    running_daemon,
+    wait_registered,
+    wait_until,
+)
 from tests.rpc_proxy import running_rpc_proxy
 from tests.tx_samples import code_calldata
 
@@ -55,16 +61,7 @@ async def test_a_lying_first_endpoint_is_skipped_for_an_honest_second(
         async with running_daemon(files) as daemon:
             await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
             await wait_registered(daemon)
-            assert daemon.service is not None
-            runner = daemon.service.runner
-            executed: list[bytes] = []
-            real_execute = runner._execute
-
-            async def recording(code: bytes, *args: Any, **kwargs: Any) -> JobOutcome:
-                executed.append(code)
-                return await real_execute(code, *args, **kwargs)
-
-            runner._execute = recording
+            executed = record_executions(daemon)
             job_id = await devnet.create_job(
                 USER, codehash=codehash, code_inputs=b"honest", deadline_ms=5000
             )

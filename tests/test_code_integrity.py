@@ -25,13 +25,19 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor.chain.rawtx import LegacyTransaction
 from executor.daemon import Daemon
-from executor.outcome import ErrorCode, JobOutcome
+from executor.outcome import ErrorCode
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode, start_anvil
 from oyster_devnet.contracts import Devnet, JobResponse, deploy_devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
 from tests.code_txs import TX_KINDS, send_code_tx
-from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
+from tests.node_helpers import (
+    CODE_ECHO,
+    record_executions,
+    running_daemon,
+    wait_registered,
+    wait_until,
+)
 from tests.rpc_proxy import RpcProxy, running_rpc_proxy
 from tests.tx_samples import code_calldata
 
@@ -65,16 +71,7 @@ async def node(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Node]:
                 async with running_daemon(files) as daemon:
                     await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
                     await wait_registered(daemon)
-                    assert daemon.service is not None
-                    runner = daemon.service.runner
-                    executed: list[bytes] = []
-                    real_execute = runner._execute
-
-                    async def recording(code: bytes, *args: Any, **kwargs: Any) -> JobOutcome:
-                        executed.append(code)
-                        return await real_execute(code, *args, **kwargs)
-
-                    runner._execute = recording
+                    executed = record_executions(daemon)
                     yield Node(anvil, w3, devnet, proxy, daemon, executed)
         finally:
             await w3.provider.disconnect()
