@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from pathlib import Path
 
-from executor.config import DEFAULT_CONFIG_FILE
+from executor.commands.common import add_node_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,18 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="check config, key, workerd, cgroups, chain endpoints, contracts, secret store, vsock",
         description=__doc__,
     )
-    parser.add_argument(
-        "--config-file",
-        type=Path,
-        default=DEFAULT_CONFIG_FILE,
-        help=f"operator JSON config (default: {DEFAULT_CONFIG_FILE})",
-    )
-    parser.add_argument(
-        "--cgroup-parent",
-        type=Path,
-        default=None,
-        help="folder holding the workerd_N slices (default: the cgroup v2 mount root)",
-    )
+    add_node_options(parser)
     parser.add_argument(
         "--ws-api-key",
         default=os.environ.get("OYSTER_WS_API_KEY", ""),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from pathlib import Path
 
-from executor.config import DEFAULT_CONFIG_FILE, DEFAULT_SHUTDOWN_GRACE_S
+from executor.commands.common import add_node_options
+from executor.config import DEFAULT_SHUTDOWN_GRACE_S
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,18 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve the admin API on TCP (development/tests: UNAUTHENTICATED)",
     )
-    parser.add_argument(
-        "--config-file",
-        type=Path,
-        default=DEFAULT_CONFIG_FILE,
-        help=f"operator JSON config (default: {DEFAULT_CONFIG_FILE})",
-    )
-    parser.add_argument(
-        "--cgroup-parent",
-        type=Path,
-        default=None,
-        help="folder holding the workerd_N cgroup slices (default: the cgroup v2 mount root)",
-    )
+    add_node_options(parser)
     parser.add_argument(
         "--unconfined-dev",
         action="store_true",
