@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
+from tests.relay import forward, serving
+
 
 class HttpProxy:
     def __init__(self, upstream: str) -> None:
@@ -55,16 +57,13 @@ class HttpProxy:
         if self.mode == "garbage":
             return web.Response(status=200, text="<html>maintenance</html>")
         assert self._session is not None
-        async with self._session.post(
-            self.upstream, data=body, headers={"Content-Type": "application/json"}
-        ) as upstream:
-            answer = await upstream.read()
+        status, answer = await forward(self._session, self.upstream, body)
         if self.strip_block_timestamps and methods == ["eth_getLogs"]:
             reply = json.loads(answer)
             for log in reply.get("result") or []:
                 log.pop("blockTimestamp", None)
             answer = json.dumps(reply).encode()
-        return web.Response(status=upstream.status, body=answer, content_type="application/json")
+        return web.Response(status=status, body=answer, content_type="application/json")
 
     async def stop(self) -> None:
         """Stop listening: every later request is refused (connection refused)."""
@@ -76,16 +75,8 @@ class HttpProxy:
 @asynccontextmanager
 async def running_http_proxy(upstream: str) -> AsyncIterator[HttpProxy]:
     proxy = HttpProxy(upstream)
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", proxy._handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    proxy._runner = runner
-    proxy.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-    async with aiohttp.ClientSession() as session:
-        proxy._session = session
+    async with serving(proxy._handle) as (proxy.url, proxy._runner), aiohttp.ClientSession() as s:
+        proxy._session = s
         try:
             yield proxy
         finally:

@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
+from tests.relay import forward, serving
+
 
 class FlakyRpcProxy:
     def __init__(self, upstream: str) -> None:
@@ -48,10 +50,7 @@ class FlakyRpcProxy:
             self.failed[method] += 1
             return web.Response(status=502, text="bad gateway (injected)")
         assert self._session is not None
-        async with self._session.post(
-            self.upstream, data=body, headers={"Content-Type": "application/json"}
-        ) as upstream:
-            answer = await upstream.read()
+        _, answer = await forward(self._session, self.upstream, body)
         if self.lose_answer.get(method, 0) > 0:
             self.lose_answer[method] -= 1
             self.failed[method] += 1
@@ -62,17 +61,9 @@ class FlakyRpcProxy:
 @asynccontextmanager
 async def running_rpc_proxy(upstream: str) -> AsyncIterator[FlakyRpcProxy]:
     proxy = FlakyRpcProxy(upstream)
-    app = web.Application()
-    app.router.add_post("/", proxy.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    proxy.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-    async with aiohttp.ClientSession() as session:
+    async with serving(proxy.handle) as (proxy.url, _), aiohttp.ClientSession() as session:
         proxy._session = session
         try:
             yield proxy
         finally:
             proxy.released.set()
-            await runner.cleanup()

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.relay import forward, serving
+
 Rewrite = Callable[[str, list[Any], Any], Awaitable[Any]]
 """(method, params, honest result) -> the result to answer instead."""
 
@@ -44,8 +46,8 @@ async def running_rpc_proxy(upstream: str) -> AsyncIterator[RpcProxy]:
                 "id": request_obj.get("id"),
                 "error": {"code": -32601, "message": f"the method {method} does not exist"},
             }
-        async with session.post(upstream, json=request_obj) as resp:
-            answer: dict[str, Any] = await resp.json(content_type=None)
+        _, raw = await forward(session, upstream, json.dumps(request_obj).encode())
+        answer: dict[str, Any] = json.loads(raw)
         if proxy.rewrite is not None and "result" in answer:
             answer["result"] = await proxy.rewrite(
                 method, request_obj.get("params") or [], answer["result"]
@@ -60,16 +62,8 @@ async def running_rpc_proxy(upstream: str) -> AsyncIterator[RpcProxy]:
             return web.json_response([await one(item) for item in body])
         return web.json_response(await one(body))
 
-    app = web.Application(client_max_size=16 * 1024 * 1024)
-    app.router.add_post("/{path:.*}", handle)  # any path: hosted RPCs put an API key there
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    proxy.url = f"http://127.0.0.1:{port}/"
     try:
-        yield proxy
+        async with serving(handle) as (proxy.url, _):
+            yield proxy
     finally:
-        await runner.cleanup()
         await session.close()
