@@ -77,6 +77,28 @@ class JobSender:
                     ids.append(int.from_bytes(log["topics"][1], "big"))
         return ids
 
+    async def job_ids_in_block(self, block: int, tx_hashes: list[HexBytes]) -> list[int]:
+        """The job ids the given createJob transactions created in ``block``: one ``eth_getLogs``
+        (a burst's 60 receipts would cost the node and this process CPU that bare workerd does not
+        pay, inside the measured window)."""
+        w3: AsyncWeb3[Any] = self.devnet.w3
+        topic = HexBytes(self.devnet.jobs.events["JobCreated"].topic)
+        logs = await w3.eth.get_logs(
+            {
+                "fromBlock": block,
+                "toBlock": block,
+                "address": self.devnet.jobs.address,
+                "topics": [topic],
+            }
+        )
+        by_tx = {
+            bytes(log["transactionHash"]): int.from_bytes(log["topics"][1], "big") for log in logs
+        }
+        missing = [h.to_0x_hex() for h in tx_hashes if bytes(h) not in by_tx]
+        if missing:
+            raise RuntimeError(f"createJob {missing[:3]} not in block {block} (reverted?)")
+        return [by_tx[bytes(h)] for h in tx_hashes]
+
 
 @dataclass
 class Responses:

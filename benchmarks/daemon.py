@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import aiohttp
+
 from oyster_devnet.accounts import DevAccount
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
@@ -29,6 +31,16 @@ class DaemonProcess:
     pid: int
     files: NodeFiles
     log_file: Path
+    metrics_url: str
+
+    async def sandbox_runs(self) -> dict[str, int]:
+        """Executions so far by sandbox path (warm, cold), from the daemon's metrics."""
+        async with aiohttp.ClientSession() as session, session.get(self.metrics_url) as response:
+            text = await response.text()
+        found = re.findall(
+            r'^oyster_executor_sandbox_runs_total\{path="(\w+)"\} (\S+)$', text, re.M
+        )
+        return {path: int(float(value)) for path, value in found}
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -64,14 +76,15 @@ async def running_daemon(
     config = json.loads(files.config_file.read_text())
     config["warm_workers"] = warm_workers
     files.config_file.write_text(json.dumps(config, indent=2) + "\n")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log_file = folder / "daemon.log"
     cmd = [sys.executable, "-m", "executor", "--log-level", "INFO", "serve"]
     cmd += ["--tcp-addr", f"127.0.0.1:{port}", "--config-file", str(files.config_file)]
+    cmd += ["--metrics-addr", f"127.0.0.1:{metrics_port}"]
     cmd += ["--cgroup-parent", str(cgroup_parent), "--shutdown-grace", "5"]
     with log_file.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=log)
-    daemon = DaemonProcess(proc.pid, files, log_file)
+    daemon = DaemonProcess(proc.pid, files, log_file, f"http://127.0.0.1:{metrics_port}/metrics")
     try:
         await init_and_register(f"http://127.0.0.1:{port}/", devnet, owner=owner, gas=gas)
         await daemon.wait_for_log("registered on chain")
@@ -107,15 +120,18 @@ async def py_spy(pid: int, output: Path) -> AsyncIterator[None]:
             print(f"(py-spy wrote no profile: {err.decode(errors='replace').strip()[-300:]})")
 
 
-def profile_summary(raw: Path, top: int = 12) -> list[str]:
-    """Markdown: where the daemon's busy samples go, from py-spy's raw (collapsed) output: its own
-    functions by inclusive share, and every function by self share."""
-    if not raw.exists():
+def profile_summary(raws: list[Path], top: int = 12) -> list[str]:
+    """Markdown: where the daemon's busy samples go, from py-spy's raw (collapsed) outputs: its own
+    functions by inclusive share, and every function by self share with the daemon's function it
+    mostly ran under."""
+    lines_in = [line for raw in raws if raw.exists() for line in raw.read_text().splitlines()]
+    if not lines_in:
         return ["(no profile)"]
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
+    ours_above: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     total = 0
-    for line in raw.read_text().splitlines():
+    for line in lines_in:
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
@@ -126,14 +142,19 @@ def profile_summary(raw: Path, top: int = 12) -> list[str]:
             inclusive[name] += count
         if frames:
             own[frames[-1]] += count
+            caller = next((f for f in reversed(frames) if "(executor/" in f), "(not ours)")
+            ours_above[frames[-1]][caller] += count
     if total == 0:
         return ["(no samples)"]
     ours = [(n, c) for n, c in inclusive.most_common() if "(executor/" in n]
     lines = [f"{total} samples of the daemon's busy threads (py-spy, 250 Hz, idle excluded)", ""]
     lines += ["| the daemon's functions | inclusive |", "|---|---:|"]
     lines += [f"| `{name}` | {100 * n / total:.0f}% |" for name, n in ours[:top]]
-    lines += ["", "| any function | self |", "|---|---:|"]
-    lines += [f"| `{name}` | {100 * n / total:.0f}% |" for name, n in own.most_common(top)]
+    lines += ["", "| any function | self | mostly under (the daemon's nearest function) |"]
+    lines += ["|---|---:|---|"]
+    for name, n in own.most_common(top):
+        caller, _ = ours_above[name].most_common(1)[0]
+        lines.append(f"| `{name}` | {100 * n / total:.0f}% | `{caller}` |")
     return lines
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from benchmarks.chain import JobSender, Responses, subscribe_responses
+from benchmarks.cpu import CpuMeter, wait_quiet
 from benchmarks.daemon import (
     DaemonProcess,
     job_phases,
@@ -62,7 +63,13 @@ class Figures:
     rss_after: float = 0.0
     rss_jobs: int = 0
     phases: dict[str, float] = field(default_factory=dict)
-    profile: list[str] = field(default_factory=list)
+    profile: list[str] = field(default_factory=list)  # py-spy summary, latency runs
+    burst_profile: list[str] = field(default_factory=list)  # py-spy summary, bursts
+    burst_cpu: list[dict[str, float]] = field(default_factory=list)  # CPU s per part, per burst
+    bare_cpu: list[dict[str, float]] = field(default_factory=list)
+    burst_busy: list[float] = field(default_factory=list)  # machine busy share during a burst
+    burst_warm: list[int] = field(default_factory=list)  # jobs of each burst that ran warm
+    bare_busy: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +79,8 @@ class Bench:
     workerd: Path
     folder: Path
     capacity: int
+    anvil_pid: int
+    slices: Path
 
     async def one_job(self, sender: JobSender, responses: Responses) -> tuple[int, float, float]:
         raw = sender.sign(self.codehash, INPUT, DEADLINE_MS)
@@ -84,19 +93,26 @@ class Bench:
         return job_id, wall, arrived - started
 
     async def burst(
-        self, sender: JobSender, responses: Responses, count: int
+        self, sender: JobSender, responses: Responses, count: int, meter: CpuMeter | None = None
     ) -> tuple[float, float, list[int]]:
-        """Jobs/s of a burst of ``count`` jobs in one block; the wall time it was mined; its ids."""
+        """Jobs/s of a burst of ``count`` jobs in one block; the wall time it was mined; its ids.
+
+        ``meter`` measures the CPU from the mining of the block to the last JobResponded."""
         raws = [sender.sign(self.codehash, INPUT, DEADLINE_MS) for _ in range(count)]
         await self.devnet.set_automine(False)
         try:
             hashes = [await sender.send(raw) for raw in raws]
+            block = await self.devnet.w3.eth.block_number + 1
+            if meter is not None:
+                meter.start()
             started, wall = time.perf_counter(), time.time()
             await self.devnet.mine()
         finally:
             await self.devnet.set_automine(True)  # the daemon's submissions get mined at once
-        job_ids = await sender.job_ids(hashes)
+        job_ids = await sender.job_ids_in_block(block, hashes)
         last = max([await responses.wait(job_id, timeout_s=120) for job_id in job_ids])
+        if meter is not None:
+            meter.stop()
         failed = [j for j in job_ids if responses.error_codes[j] != 0]
         if failed:
             raise RuntimeError(f"burst jobs {failed} did not answer error code 0")
@@ -127,24 +143,48 @@ async def measure(
         await bench.bare_one()
     sent_wall: dict[int, float] = {}
     profile = bench.folder / f"profile-{daemon.pid}.txt"
+    burst_profiles: list[Path] = []
+    daemon_meter = CpuMeter(
+        pids={"daemon": daemon.pid, "anvil": bench.anvil_pid},
+        cgroups={"workerd (slices)": bench.slices},
+        own="benchmark",
+    )
+    bare_meter = CpuMeter(own="workerd + benchmark")
     async with py_spy(daemon.pid, profile) if args.profile else _nothing():
-        for _ in range(args.runs):  # interleaved
+        # Interleaved; each measurement starts once the daemon's side is quiet (the used slice
+        # armed again, anvil idle), so neither side pays for the other's leftover work.
+        for _ in range(args.runs):
+            await wait_quiet(daemon_meter)
             job_id, wall, seconds = await bench.one_job(sender, responses)
             sent_wall[job_id] = wall
             figures.latency.append(seconds)
+            await wait_quiet(daemon_meter)
             figures.bare_latency.append(await bench.bare_one())
-            await asyncio.sleep(0.05)  # let the used slice re-arm, as between real jobs
-        arrived_wall = {j: responses.arrived[j][1] for j in sent_wall}
-        figures.phases = job_phases(daemon.log_text(), sent_wall, arrived_wall)
-        for _ in range(args.burst_rounds):
-            await asyncio.sleep(1.0)  # every slice armed again
-            rate, mined_wall, job_ids = await bench.burst(sender, responses, args.burst)
-            figures.throughput.append(rate)
-            last_outcome = max(outcome_times(daemon.log_text(), job_ids).values())
-            figures.executed.append(len(job_ids) / (last_outcome - mined_wall))
-            figures.bare_throughput.append(await bench.bare_burst(args.burst))
+    arrived_wall = {j: responses.arrived[j][1] for j in sent_wall}
+    figures.phases = job_phases(daemon.log_text(), sent_wall, arrived_wall)
+    for round_ in range(args.burst_rounds):
+        burst_profiles.append(bench.folder / f"profile-burst-{round_}-{daemon.pid}.txt")
+        await wait_quiet(daemon_meter)  # every slice armed again
+        runs_before = await daemon.sandbox_runs()
+        async with py_spy(daemon.pid, burst_profiles[-1]) if args.profile else _nothing():
+            rate, mined_wall, job_ids = await bench.burst(
+                sender, responses, args.burst, daemon_meter
+            )
+        figures.burst_cpu.append(daemon_meter.used)
+        runs_after = await daemon.sandbox_runs()
+        figures.burst_warm.append(runs_after.get("warm", 0) - runs_before.get("warm", 0))
+        figures.burst_busy.append(daemon_meter.machine_share)
+        figures.throughput.append(rate)
+        last_outcome = max(outcome_times(daemon.log_text(), job_ids).values())
+        figures.executed.append(len(job_ids) / (last_outcome - mined_wall))
+        await wait_quiet(daemon_meter)  # the daemon armed its slices again
+        bare_meter.start()
+        figures.bare_throughput.append(await bench.bare_burst(args.burst))
+        figures.bare_cpu.append(bare_meter.stop())
+        figures.bare_busy.append(bare_meter.machine_share)
     if args.profile:
-        figures.profile = profile_summary(profile)
+        figures.profile = profile_summary([profile])
+        figures.burst_profile = profile_summary(burst_profiles)
     await asyncio.sleep(1.0)
     figures.rss_before = daemon.rss_mib()
     done = 0
@@ -199,6 +239,8 @@ def report(results: dict[str, Figures], args: argparse.Namespace, workerd: Path)
             f"({f.rss_jobs} jobs) | {growth:+.1f} |"
         )
     for name, f in results.items():
+        report_cpu(name, f, args.burst)
+    for name, f in results.items():
         print(f"\nwhere one job's time goes, {name} (medians, ms; from the daemon's INFO log):\n")
         print("| phase | ms |\n|---|---:|")
         for phase, ms in f.phases.items():
@@ -206,6 +248,29 @@ def report(results: dict[str, Figures], args: argparse.Namespace, workerd: Path)
         if f.profile:
             print(f"\nprofile of the daemon, {name}, during the latency runs:\n")
             print("\n".join(f.profile))
+        if f.burst_profile:
+            print(f"\nprofile of the daemon, {name}, during the bursts:\n")
+            print("\n".join(f.burst_profile))
+
+
+def report_cpu(name: str, f: Figures, burst: int) -> None:
+    """CPU ms per job in the bursts, by who spent it (medians over the rounds)."""
+    if not f.burst_cpu:
+        return
+    print(f"\nCPU per job during the bursts, {name} (ms of CPU per job, medians over rounds):\n")
+    print("| part | daemon burst | bare burst |\n|---|---:|---:|")
+    parts = list(f.burst_cpu[0]) + [p for p in f.bare_cpu[0] if p not in f.burst_cpu[0]]
+    for part in parts:
+        cells = []
+        for rounds in (f.burst_cpu, f.bare_cpu):
+            values = [r[part] for r in rounds if part in r]
+            cells.append(f"{1000 * statistics.median(values) / burst:.1f}" if values else "")
+        label = "whole machine (everything running)" if part == "machine" else part
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
+    busy = statistics.median(f.burst_busy), statistics.median(f.bare_busy)
+    print(f"| machine busy share (2 cores = 100%) | {100 * busy[0]:.0f}% | {100 * busy[1]:.0f}% |")
+    warm = ", ".join(str(n) for n in f.burst_warm)
+    print(f"\njobs of each burst that ran on a warm slice (the rest cold): {warm} of {burst}")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -227,7 +292,7 @@ async def main(args: argparse.Namespace) -> None:
                     parent = make_slices(args.slices, tag=f"-{index}")
                     if parent is None:
                         raise SystemExit("the end-to-end benchmark needs cgroup slices (root)")
-                    bench = Bench(devnet, codehash, workerd, folder, args.slices)
+                    bench = Bench(devnet, codehash, workerd, folder, args.slices, anvil.pid, parent)
                     try:
                         async with (
                             running_daemon(

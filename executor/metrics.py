@@ -12,6 +12,7 @@ Names and labels (docs/operator.md "Monitoring"):
 - ``oyster_executor_jobs_not_submitted_total{reason}``: jobs that ended without a submitted output;
 - ``oyster_executor_job_duration_seconds``: from the job's start to its summary line;
 - ``oyster_executor_slices{state="free|busy|out_of_service"}``;
+- ``oyster_executor_sandbox_runs_total{path="warm|cold"}``: executions by sandbox path;
 - ``oyster_executor_transactions_total{kind="output|slash",result}``;
 - ``oyster_executor_ws_reconnects_total``, ``oyster_executor_last_block``;
 - ``oyster_executor_node_state{state}``: 1 for the node's current state, 0 for the others.
@@ -20,12 +21,12 @@ Names and labels (docs/operator.md "Monitoring"):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -47,6 +48,11 @@ class SliceCounts(Protocol):
 
     @property
     def free_count(self) -> int: ...
+
+    @property
+    def runs(self) -> Mapping[str, int]:
+        """Executions so far by sandbox path (``warm``, ``cold``)."""
+        ...
 
 
 class Metrics:
@@ -139,6 +145,13 @@ class _StateCollector(Collector):
             slices.add_metric(["busy"], in_service - free)
             slices.add_metric(["out_of_service"], total - in_service)
         yield slices
+        runs = CounterMetricFamily(
+            f"{PREFIX}_sandbox_runs", "Executions by sandbox path", labels=["path"]
+        )
+        if self.slices is not None:
+            for path in ("warm", "cold"):
+                runs.add_metric([path], self.slices.runs.get(path, 0))
+        yield runs
         node = GaugeMetricFamily(
             f"{PREFIX}_node_state", "1 for the node's current state", labels=["state"]
         )

@@ -138,6 +138,8 @@ async def test_metrics_move_as_jobs_run_and_slices_are_taken_and_freed(
     assert after['oyster_executor_job_outcomes_total{error_code="0"}'] == 1
     assert after['oyster_executor_job_outcomes_total{error_code="3"}'] == 1
     assert after['oyster_executor_transactions_total{kind="output",result="mined"}'] == 2
+    runs = [after[f'oyster_executor_sandbox_runs_total{{path="{p}"}}'] for p in ("warm", "cold")]
+    assert sum(runs) == 2 and before['oyster_executor_sandbox_runs_total{path="warm"}'] == 0
     assert after["oyster_executor_job_duration_seconds_sum"] >= 2.5  # the slow job slept 2.5 s
     assert after["oyster_executor_last_block"] > before["oyster_executor_last_block"]
     assert not any(k.startswith("oyster_executor_jobs_not_submitted_total{") for k in after)

@@ -148,6 +148,30 @@ async def test_concurrent_jobs_never_share_a_process(
     assert len(taken) >= 2
 
 
+async def test_arming_waits_while_jobs_run_and_until_they_pause(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs first: no start-up competes with running jobs for the CPU (a burst would pay for the
+    next burst's preparation), and none starts the moment a job ends (the next job of the same
+    block is probably on its way)."""
+    warm = _warm(sandbox)
+    monkeypatch.setattr(warm, "busy_jobs", 1)  # as if this machine had one core
+    monkeypatch.setattr(warm, "quiet_s", 0.6)
+    taken = _spy_on_take(warm, monkeypatch)
+    hanging = asyncio.ensure_future(sandbox.execute(HANG_JS, b"", deadline_ms=30_000))
+    await eventually(lambda: len(taken) == 1)
+    quick = await sandbox.execute(ECHO_JS, b"q", deadline_ms=5000)  # the other armed slice
+    assert quick.output == b"echo:q" and len(taken) == 2
+    await asyncio.sleep(1.5)  # well past the pause: still one job running, so nothing is armed
+    assert (warm.ready_count, warm.idle_count) == (0, 0)
+    hanging.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hanging
+    await asyncio.sleep(0.3)  # nothing runs now, but the jobs paused only 0.3 s ago
+    assert warm.idle_count == 0
+    await eventually(lambda: warm.ready_count == 2)
+
+
 async def test_a_secret_never_outlives_its_job(sandbox: Sandbox, tmp_path: Path) -> None:
     (tmp_path / "secrets" / "5.bin").write_bytes(b"five")
     with_secret = await sandbox.execute(SECRET_JS, b"", deadline_ms=5000, secret_id=5)

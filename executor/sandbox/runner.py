@@ -160,6 +160,8 @@ class Sandbox:
         proc: WorkerdProcess | None = None
         worker: WarmWorker | None = None
         extra_logs = ""
+        if self._warm is not None:
+            self._warm.job_started()
         try:
             started = time.monotonic()
             timeout = asyncio.timeout(deadline_ms / 1000)
@@ -210,10 +212,14 @@ class Sandbox:
                 else:
                     error_code, output = ErrorCode.OK, body
         finally:
-            if worker is not None:
-                await _run_to_completion(self._finish_warm(worker))
-            else:
-                await _run_to_completion(self._clean_up(proc, slice_, files))
+            try:
+                if worker is not None:
+                    await _run_to_completion(self._finish_warm(worker))
+                else:
+                    await _run_to_completion(self._clean_up(proc, slice_, files))
+            finally:
+                if self._warm is not None:
+                    self._warm.job_finished()
         log.debug(
             "%s: error code %d in %d ms (%s)",
             job,

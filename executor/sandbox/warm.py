@@ -9,9 +9,13 @@ and inputs, and the process is then killed with everything in its slice (:meth:`
 the slice is emptied, released and armed again in the background. One process serves exactly one
 job, so jobs stay as isolated from each other as on the cold path.
 
-While jobs queue for a slot (a burst larger than the armed slices), freed slices go to them for a
-cold start instead of being armed: arming and then loading costs more CPU than one cold start, so
-bursts keep the cold path's throughput; arming resumes as soon as nobody waits.
+Arming yields to jobs. While jobs queue for a slot (a burst larger than the armed slices), freed
+slices go to them for a cold start instead of being armed: arming and then loading costs more CPU
+than one cold start. And while as many jobs run as the machine has cores, nothing is armed: a
+start-up (about 35 ms of CPU, mostly the kernel mapping workerd) would take CPU from the jobs that
+are running, and a burst would pay for the next burst's preparation. Arming resumes as soon as the
+CPU has room and the jobs have paused for a moment (``ARM_QUIET_S``: the jobs of one block reach
+the sandbox over some milliseconds, not at once), so an idle node keeps every slice warm.
 
 Whether this workerd has a Worker Loader at all is decided once, at start, by a probe on an
 ephemeral port: if it has not (no ``--experimental`` / ``workerLoader``), the pool says so in the
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections import deque
 from collections.abc import Coroutine
@@ -51,6 +56,10 @@ ARM_CONCURRENCY = 4
 """Slices armed at the same time: start-ups are CPU-bound, more at once only queue for the CPU."""
 RETRY_PAUSE_S = 1.0
 KEEPER_POLL_S = 1.0
+BUSY_JOBS = os.cpu_count() or 1
+"""While this many jobs run, nothing is armed (see the module docstring)."""
+ARM_QUIET_S = 0.1
+"""Nothing is armed until this long after a job last started or finished."""
 
 
 @dataclass(eq=False)
@@ -86,6 +95,12 @@ class WarmPool:
         self._wanted = asyncio.Event()  # a slot opened: the keeper arms another slice
         self.waiting = 0
         """Jobs waiting for a slot (see :meth:`_should_arm`); kept by the sandbox."""
+        self.running = 0
+        """Jobs between taking a slot and giving it back; kept through :meth:`job_started` and
+        :meth:`job_finished`."""
+        self.busy_jobs = BUSY_JOBS
+        self.quiet_s = ARM_QUIET_S
+        self._last_job_event = -ARM_QUIET_S  # loop time a job last started or finished
         self._arm_gate = asyncio.Semaphore(ARM_CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
@@ -207,6 +222,18 @@ class WarmPool:
         self._changed.set()
         self._wanted.set()
 
+    def job_started(self) -> None:
+        self.running += 1
+        self._last_job_event = asyncio.get_running_loop().time()
+
+    def job_finished(self) -> None:
+        """A job gave its slot back: if the CPU has room now, the keeper may arm again (once the
+        jobs have paused)."""
+        self.running -= 1
+        self._last_job_event = asyncio.get_running_loop().time()
+        if self.running < self.busy_jobs:
+            self._wanted.set()
+
     def retire_later(self, worker: WarmWorker) -> None:
         """:meth:`retire` in the background (the caller already has what it needs)."""
         self._background(self.retire(worker), f"retire {worker.slice.name}")
@@ -217,7 +244,7 @@ class WarmPool:
         await self._probe()
         while self.available is not False:
             with contextlib.suppress(TimeoutError):  # also polls: another process may free one
-                async with asyncio.timeout(KEEPER_POLL_S):
+                async with asyncio.timeout(self._until_quiet_s() or KEEPER_POLL_S):
                     await self._wanted.wait()
             self._wanted.clear()
             while self._should_arm():
@@ -233,13 +260,19 @@ class WarmPool:
                 self._arming += 1
                 self._background(self._arm(slice_), f"arm {slice_.name}")
 
+    def _until_quiet_s(self) -> float:
+        """Seconds until the jobs will have paused for :attr:`quiet_s` (0: they have)."""
+        since = asyncio.get_running_loop().time() - self._last_job_event
+        return max(0.0, self.quiet_s - since)
+
     def _should_arm(self) -> bool:
-        # While jobs wait for a slot, a freed slice goes to them (a cold start costs less than
-        # arming and then loading), and arming resumes once nobody waits: bursts keep the cold
-        # path's throughput, an idle node keeps every slice warm.
+        # Jobs first (see the module docstring): nobody waits for a slot, the running jobs leave
+        # a core free, and no job started or finished just now.
         return (
             self.available is not False
             and self.waiting == 0
+            and self.running < self.busy_jobs
+            and self._until_quiet_s() == 0
             and self._arming + len(self._ready) < self.target
         )
 
