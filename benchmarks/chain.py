@@ -16,6 +16,7 @@ from eth_account import Account
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
+from executor.chain import raw as rawrpc
 from oyster_devnet.accounts import DevAccount
 from oyster_devnet.contracts import Devnet
 
@@ -59,7 +60,10 @@ class JobSender:
         return bytes(Account.sign_transaction(tx, self.user.private_key).raw_transaction)
 
     async def send(self, raw: bytes) -> HexBytes:
-        return await self.devnet.w3.eth.send_raw_transaction(raw)
+        """``eth_sendRawTransaction`` without web3's formatters: inside the measured window."""
+        return HexBytes(
+            await rawrpc.call(self.devnet.w3, "eth_sendRawTransaction", ["0x" + raw.hex()])
+        )
 
     async def job_ids(self, tx_hashes: list[HexBytes]) -> list[int]:
         """The job id each (mined) createJob transaction created."""
@@ -107,13 +111,26 @@ class Responses:
     arrived: dict[int, tuple[float, float]] = field(default_factory=dict)
     error_codes: dict[int, int] = field(default_factory=dict)
     _waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    _any: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, job_id: int, error_code: int) -> None:
         self.arrived.setdefault(job_id, (time.perf_counter(), time.time()))
         self.error_codes[job_id] = error_code
+        self._any.set()
         waiter = self._waiters.pop(job_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    async def wait_new(self, known: set[int], timeout_s: float = 60) -> int:
+        """The id of the first job whose JobResponded arrives that is not in ``known`` (waits):
+        with one job in flight, its id, known without asking the node during the measurement."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                fresh = self.arrived.keys() - known
+                if fresh:
+                    return min(fresh, key=lambda j: self.arrived[j][0])
+                self._any.clear()
+                await self._any.wait()
 
     async def wait(self, job_id: int, timeout_s: float = 60) -> float:
         """The arrival time of ``job_id``'s JobResponded (waits for it)."""

@@ -18,10 +18,11 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads) so far."""
+def process_cpu_s(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of one process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
+    user, system = int(fields[11]) / _TICKS, int(fields[12]) / _TICKS  # utime, stime (14, 15)
+    return user + system, system
 
 
 def cgroup_cpu_s(cgroup: Path) -> float:
@@ -64,7 +65,9 @@ class CpuMeter:
     """Busy fraction of all cores over the last stretch (1.0: every core busy all the time)."""
 
     def _read(self) -> dict[str, float]:
-        values = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        values = {}
+        for name, pid in self.pids.items():
+            values[name], values[f"{name}: of which in the kernel"] = process_cpu_s(pid)
         values |= {name: cgroup_cpu_s(path) for name, path in self.cgroups.items()}
         if self.own is not None:
             values[self.own] = own_cpu_s()

@@ -207,6 +207,16 @@ async def test_a_reorged_job_pending_output_is_never_mined(
         job = await devnet.job(job_id)
         assert job is not None
 
+        async def withdrawn() -> bool:
+            # The pool's transaction on the output's nonce is now the no-op (a 0-value transfer
+            # to itself). Mining before then would race the daemon, not test it: on a real chain
+            # the next block is a block time away, here it would be a few milliseconds.
+            pool = await rpc(devnet, "txpool_content")
+            ours = pool["pending"].get(GAS.address.lower(), {})
+            return any(tx["to"].lower() == GAS.address.lower() for tx in ours.values())
+
+        await wait_until(withdrawn, timeout=15, what="the old content's output withdrawn")
+
         async def answered() -> list[Any]:
             await devnet.mine()
             return await devnet.job_responses(job_id)

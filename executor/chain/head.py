@@ -1,7 +1,8 @@
 """The chain head as the transaction manager sees it: block number, chain time and fees.
 
-One ``eth_getBlockByNumber("latest")`` per poll gives all three; the tip suggestion is refreshed
-once per new block. Sending a transaction then needs no fee lookup: the fees are already known.
+One ``eth_getBlockByNumber("latest")`` per poll (read raw: :mod:`.raw`) gives all three; the tip
+suggestion is refreshed once per new block. Sending a transaction then needs no fee lookup: the
+fees are already known.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from web3 import AsyncWeb3
 
+from executor.chain import raw
 from executor.chain.txpolicy import Fees
 
 logger = logging.getLogger(__name__)
@@ -50,19 +52,15 @@ class ChainHead:
 
     async def read(self) -> bool:
         """Read the latest block; True if it is a new one."""
-        block = await self._w3.eth.get_block("latest")
+        number, timestamp, base_fee = await raw.block_header(self._w3, "latest")
         previous = self.latest
-        self.latest = Head(
-            int(block["number"]),
-            int(block["timestamp"]),
-            int(block.get("baseFeePerGas") or 0),
-            time.monotonic(),
-        )
+        self.latest = Head(number, timestamp, base_fee, time.monotonic())
         if previous is not None and previous.number == self.latest.number:
             return False
         self._pending_base_fee = 0
         try:
-            self._tip = int(await self._w3.eth.max_priority_fee)
+            tip = await raw.call(self._w3, "eth_maxPriorityFeePerGas", [])
+            self._tip = raw.quantity(tip, "eth_maxPriorityFeePerGas")
         except Exception as e:
             logger.debug("eth_maxPriorityFeePerGas failed (%s); keeping tip %d", e, self._tip)
         self._new_block.set()
@@ -72,8 +70,7 @@ class ChainHead:
     async def read_pending_base_fee(self) -> None:
         """The next block's base fee, after a node said a fee cap is below it (it may have been
         raised for the next block only, before any block shows it)."""
-        block = await self._w3.eth.get_block("pending")
-        self._pending_base_fee = int(block.get("baseFeePerGas") or 0)
+        _, _, self._pending_base_fee = await raw.block_header(self._w3, "pending")
 
     async def wait_for_block(self, timeout_s: float) -> None:
         """Until a new block is read, or ``timeout_s`` passes."""

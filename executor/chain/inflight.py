@@ -1,9 +1,9 @@
 """Transactions sent and not yet mined, and what the manager's loop does with them each tick.
 
 Per new block, one ``eth_getTransactionCount(latest)`` per account tells which nonces are mined;
-only those transactions' receipts are read. A pending one is replaced on its nonce when stuck or
-underpriced, sent again when the node forgot it, and withdrawn (a 0-value self-transfer on its
-nonce) when its window closed or its submitter gave up.
+only those transactions' receipts are read (raw: :mod:`.raw`). A pending one is replaced on its
+nonce when stuck or underpriced, sent again when the node forgot it, and withdrawn (a 0-value
+self-transfer on its nonce) when its window closed or its submitter gave up.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionNotFound
 
+from executor.chain import raw
 from executor.chain.head import ChainHead
 from executor.chain.txpolicy import Fees, RpcFailure, revert_data
 from executor.logs import job_label
@@ -169,8 +169,7 @@ class InFlight:
         mined: dict[str, int] = {}
         if new_block or head.number != self._checked_block:
             for address in {a for a, _ in self._txs}:
-                count = await self._w3.eth.get_transaction_count(address, "latest")  # type: ignore[arg-type]
-                mined[address] = int(count)
+                mined[address] = await raw.nonce(self._w3, address, "latest")
             self._checked_block = head.number
         failed: Exception | None = None
         for key in sorted(self._txs, key=lambda k: k[1]):  # re-sends go out in nonce order
@@ -191,19 +190,18 @@ class InFlight:
     async def _settle(self, tracked: Tracked) -> None:
         """Its nonce is mined: find which attempt landed and tell the submitter."""
         for attempt in reversed(tracked.attempts):
-            try:
-                receipt = await self._w3.eth.get_transaction_receipt(attempt.tx_hash)  # type: ignore[arg-type]
-            except TransactionNotFound:
+            receipt = await raw.receipt(self._w3, attempt.tx_hash)
+            if receipt is None:
                 continue
             self._txs.pop(tracked.key, None)
-            block = int(receipt["blockNumber"])
+            block, succeeded = receipt
             where = f"{tracked.label}: nonce {tracked.nonce}: tx {attempt.tx_hash}"
             if attempt.noop:
                 logger.info("%s (no-op) mined in block %d: nonce consumed", where, block)
                 return
             if tracked.withdrawing:
                 logger.warning("%s mined in block %d before it could be withdrawn", where, block)
-            if receipt["status"] == 1:
+            if succeeded:
                 outcome = TxOutcome(TxStatus.MINED, tracked.nonce, attempt.tx_hash, block)
             else:
                 data = await self._replay(tracked, block)
@@ -252,12 +250,11 @@ class InFlight:
         elif head.number - tracked.sent_block >= STUCK_BLOCKS:
             await self._resend(tracked, noop=last.noop, why=f"not mined in {STUCK_BLOCKS} blocks")
         elif time.monotonic() - tracked.sent_at >= RECHECK_S:
-            try:
-                tx = await self._w3.eth.get_transaction(last.tx_hash)  # type: ignore[arg-type]
-            except TransactionNotFound:
+            block = await raw.transaction_block(self._w3, last.tx_hash)
+            if block is False:
                 await self._resend(tracked, noop=last.noop, why="no longer known to the node")
                 return
-            if tx.get("blockNumber") is not None:
+            if block is not None:
                 await self._settle(tracked)
             else:
                 tracked.sent_at = time.monotonic()

@@ -26,6 +26,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
+from executor.chain import raw
 from executor.chain.broadcast import Broadcaster
 from executor.chain.head import ChainHead, Head
 from executor.chain.inflight import Attempt, InFlight, Tracked, TxOutcome, TxStatus
@@ -320,7 +321,7 @@ class TxManager:
         return True
 
     async def _pending_count(self, address: str) -> int:
-        return int(await self._w3.eth.get_transaction_count(address, "pending"))  # type: ignore[arg-type]
+        return await raw.nonce(self._w3, address, "pending")
 
     async def _send(
         self, tracked: Tracked, fees: Fees, noop: bool
