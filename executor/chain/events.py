@@ -7,13 +7,15 @@ reaches job handling half-parsed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from eth_abi import decode
 from eth_abi.exceptions import DecodingError
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
+from eth_utils import to_checksum_address as _to_checksum_address
 from hexbytes import HexBytes
 
 from executor.errors import ExecutorError
@@ -157,6 +159,19 @@ NODE_EVENTS: tuple[type[ChainEvent], ...] = (
     TeeNodeDeregistered,
 )
 _BY_TOPIC0: dict[bytes, type[ChainEvent]] = {e.topic0(): e for e in JOB_EVENTS + NODE_EVENTS}
+
+
+@functools.lru_cache(maxsize=4096)
+def _checksummed(value: str | bytes) -> str:
+    return _to_checksum_address(value)
+
+
+def to_checksum_address(value: Any) -> str:
+    """EIP-55 form of an address. Logs name the same few addresses over and over (the contract,
+    the executors, job owners), and each checksum is a keccak: they are remembered."""
+    if isinstance(value, str | bytes):
+        return _checksummed(value)
+    return _to_checksum_address(value)
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -12,6 +12,10 @@ is not installed everywhere; moving the pid from the parent after spawning leave
 which workerd runs unconfined; ``preexec_fn`` runs Python in the forked child, which is unsafe
 while other threads run (the asyncio child watcher, executors) and forces the slow fork path.
 The wrapper costs one exec of ``/bin/sh`` (about a millisecond).
+
+Exits are learnt through pidfds (:class:`PidfdExitWatcher`) rather than asyncio's default on
+Python 3.11, a thread per child that the event loop waits for to start: with a workerd per job,
+that was a thread start on the loop for every job.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import os
 import re
 import secrets
 import signal
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -148,6 +155,76 @@ class BoundedCapture:
         return text
 
 
+class PidfdExitWatcher(asyncio.AbstractChildWatcher):
+    """asyncio's child watcher, on pidfds (Linux 5.3+) and whatever loop spawned the child.
+
+    asyncio's own ``PidfdChildWatcher`` on Python 3.11 serves the one loop it was attached to;
+    this one serves the running loop of each spawn, like the watcher of later Pythons.
+    """
+
+    def is_active(self) -> bool:
+        return True
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> PidfdExitWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def add_child_handler(  # type: ignore[override]  # (the stub's TypeVarTuple form)
+        self, pid: int, callback: Callable[..., object], *args: Any
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(pid)
+        loop.add_reader(pidfd, self._exited, loop, pid, pidfd, callback, args)
+
+    def remove_child_handler(self, pid: int) -> bool:
+        return False  # asyncio calls this only for watchers that reap on their own schedule
+
+    @staticmethod
+    def _exited(
+        loop: asyncio.AbstractEventLoop,
+        pid: int,
+        pidfd: int,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+    ) -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            returncode = 255  # reaped elsewhere; asyncio reports the same
+        callback(pid, returncode, *args)
+
+
+_exit_watcher_installed = False
+
+
+def use_pidfd_exit_watcher() -> None:
+    """Install :class:`PidfdExitWatcher` for this process (idempotent); where the kernel has no
+    pidfds, asyncio's default stays."""
+    global _exit_watcher_installed
+    if _exit_watcher_installed:
+        return
+    _exit_watcher_installed = True
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        log.info("no pidfds here: child exits are watched by asyncio's default (a thread each)")
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the API is deprecated from 3.12 on
+        asyncio.set_child_watcher(PidfdExitWatcher())
+
+
 class WorkerdProcess:
     """One running ``workerd serve``; its pid stays the same through the placement wrapper."""
 
@@ -169,6 +246,7 @@ class WorkerdProcess:
         extra_args: tuple[str, ...] = (),
     ) -> WorkerdProcess:
         """Start workerd on ``config``; with ``cgroup_procs``, inside that slice from the start."""
+        use_pidfd_exit_watcher()
         read_fd, write_fd = os.pipe()
         argv = [
             str(workerd_bin),
