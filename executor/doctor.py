@@ -24,6 +24,7 @@ from executor import redact
 from executor.chain.signer import EnclaveKey
 from executor.config import Settings, ws_url_with_key
 from executor.errors import ExecutorError
+from executor.sandbox.capnp_config import SCHEMA_ENV, BinaryConfigs, find_schema
 from executor.sandbox.cgroups import SlicePool, find_cgroup2_mount
 
 RPC_TIMEOUT_S = 5.0
@@ -72,7 +73,8 @@ async def run_checks(options: DoctorOptions) -> list[Check]:
         config = fail(
             "config", str(e), f"fix {options.config_file} (see docs/operator.md, Configuration)"
         )
-        rest = ["key file", "workerd", "folders", "cgroup v2", "slices", "http rpc"]
+        rest = ["key file", "workerd", "workerd config", "folders", "cgroup v2", "slices"]
+        rest += ["http rpc"]
         rest += ["websocket", "contract", "secret store"]
         skipped = [Check(name, Verdict.SKIP, "needs a valid config") for name in rest]
         return [config, *skipped, check_vsock()]
@@ -86,6 +88,7 @@ async def run_checks(options: DoctorOptions) -> list[Check]:
         ),
         check_key_file(settings.enclave_signer_file),
         await check_workerd(settings.workerd_binary),
+        check_workerd_config(settings.workerd_binary),
         check_runtime_folders(settings),
         check_cgroup2(),
         check_slices(options.cgroup_parent),
@@ -157,6 +160,22 @@ async def check_workerd(binary: Path) -> Check:
     if proc.returncode != 0 or not version:
         return fail(name, f"{binary} --version exited with {proc.returncode}", "reinstall workerd")
     return ok(name, f"{binary}: {version[0]}")
+
+
+def check_workerd_config(binary: Path) -> Check:
+    """Whether workerd will start from binary configs (cheaper start-ups: capnp_config.py)."""
+    name = "workerd config"
+    schema = find_schema(binary)
+    if schema is not None and BinaryConfigs.load(binary) is not None:
+        return ok(name, f"binary configs, schema {schema}")
+    return Check(
+        name,
+        Verdict.WARN,
+        "text configs: no usable workerd.capnp for this workerd (jobs run the same, start-ups "
+        "cost about a tenth more CPU)",
+        f"copy the workerd npm package's workerd.capnp to <prefix>/share/workerd/ or set "
+        f"${SCHEMA_ENV}",
+    )
 
 
 def check_runtime_folders(settings: Settings) -> Check:

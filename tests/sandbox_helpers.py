@@ -105,16 +105,18 @@ def workerd_bin_or_skip() -> Path:
 
 
 def workerd_pids_referencing(path: Path) -> list[int]:
-    """Live workerd processes whose command line mentions ``path``."""
+    """Live workerd processes whose command line mentions ``path`` or that run in it (a workerd
+    started from a binary config names no file: the sandbox starts it in its runtime folder)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes()
+            cwd = os.readlink(proc / "cwd") if b"workerd" in cmdline else ""
         except OSError:
             continue
-        if b"workerd" in cmdline and os.fsencode(path) in cmdline:
+        if b"workerd" in cmdline and (os.fsencode(path) in cmdline or cwd == str(path)):
             found.append(int(proc.name))
     return found
 

@@ -89,6 +89,17 @@ async def test_a_good_setup_passes_every_check(files: NodeFiles, slices: Path) -
     assert "workerd" in verdict(lines, "workerd")[0]  # the --version line names the binary
     assert files.key.address in verdict(lines, "key file")[0]
     assert "2 slices" in verdict(lines, "slices")[0]
+    [config_line] = verdict(lines, "workerd config")
+    assert config_line.startswith("ok") and "binary configs, schema" in config_line
+
+
+async def test_no_workerd_schema_is_a_warning_with_a_hint(
+    files: NodeFiles, slices: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OYSTER_WORKERD_SCHEMA", str(tmp_path / "missing.capnp"))
+    _, lines = await doctor(files.config_file, "--cgroup-parent", str(slices))
+    [line] = verdict(lines, "workerd config")
+    assert line.startswith("warn") and "text configs" in line and "OYSTER_WORKERD_SCHEMA" in line
 
 
 async def test_missing_key_file(files: NodeFiles, slices: Path) -> None:

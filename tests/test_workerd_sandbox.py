@@ -68,30 +68,35 @@ class Env:
         assert files_in(self.runtime) == []
 
 
-@pytest.fixture(params=["cold", "warm"])
+@pytest.fixture(params=["cold", "cold-text-config", "warm"])
 async def env(parent: Path, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """Each semantics test runs on the warm path, and on the cold path with workerd started from
+    a binary config (the default) and from a text config (the fallback)."""
     runtime, store = tmp_path / "runtime", tmp_path / "secrets"
     runtime.mkdir()
     store.mkdir()
     pool = SlicePool.discover(parent)
+    path = "warm" if request.param == "warm" else "cold"
     sandbox = Sandbox(
         workerd_bin=workerd_bin_or_skip(),
         runtime_path=runtime,
         secret_store_path=store,
         pool=pool,
-        warm_workers=None if request.param == "warm" else 0,
+        warm_workers=None if path == "warm" else 0,
+        binary_configs=request.param != "cold-text-config",
     )
+    assert sandbox.binary_configs == (request.param != "cold-text-config")
     sandbox.start()
     if sandbox.warm is not None:  # jobs arriving before arming would start cold
         await eventually(lambda: sandbox.warm is not None and sandbox.warm.ready_count == 3)
-    env = Env(sandbox, pool, runtime, store, request.param)
+    env = Env(sandbox, pool, runtime, store, path)
     try:
         yield env
     finally:
         await sandbox.close()
     env.assert_clean()
     if request.node.get_closest_marker("mixed_paths") is None:
-        other = "cold" if request.param == "warm" else "warm"
+        other = "cold" if path == "warm" else "warm"
         assert sandbox.runs[other] == 0, f"a job took the {other} path: {sandbox.runs}"
 
 

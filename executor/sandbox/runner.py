@@ -32,6 +32,7 @@ import aiohttp
 
 from executor.errors import NoFreeSliceError, SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
+from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
 from executor.sandbox.warm import WarmPool, WarmWorker
@@ -67,6 +68,7 @@ class Sandbox:
         pool: SlicePool | None,
         warm_workers: int | None = 0,
         complete_logs: bool = True,
+        binary_configs: bool = True,
     ) -> None:
         self._workerd_bin = workerd_bin
         self._complete_logs = complete_logs
@@ -86,17 +88,25 @@ class Sandbox:
         self._warm: WarmPool | None = None
         if pool is None and warm_workers != 0:
             log.info("no cgroup slices, so no warm slices: every job starts workerd cold")
+        self._configs = BinaryConfigs.load(workerd_bin) if binary_configs else None
+        """Binary workerd configs (:mod:`.capnp_config`), or ``None``: text configs."""
         if pool is not None and warm_workers != 0:
             self._warm = WarmPool(
                 pool=pool,
                 workerd_bin=workerd_bin,
                 runtime_path=self._runtime_path,
                 target=warm_workers,
+                configs=self._configs,
             )
 
     @property
     def pool(self) -> SlicePool | None:
         return self._pool
+
+    @property
+    def binary_configs(self) -> bool:
+        """Whether workerd starts from binary configs (:mod:`.capnp_config`) rather than text."""
+        return self._configs is not None
 
     @property
     def warm(self) -> WarmPool | None:
@@ -153,8 +163,10 @@ class Sandbox:
         """Run ``code`` once with ``inputs`` as the request body, within ``deadline_ms``."""
         job = f"job {label}" if label else "job"
         secret = self.secret_path(secret_id)
-        # Read before a slot is taken: a warm job hands the bytes to the loader.
-        secret_bytes = _read_secret(job, secret) if self._warm is not None else None
+        # Read before a slot is taken: a warm job hands the bytes to the loader, a binary config
+        # carries them.
+        wanted = self._warm is not None or self._configs is not None
+        secret_bytes = _read_secret(job, secret) if wanted else None
         slice_: Slice | None = None
         files: JobFiles | None = None
         proc: WorkerdProcess | None = None
@@ -175,10 +187,17 @@ class Sandbox:
                         frame = encode_frame(code, inputs, secret_bytes)
                         verdict, body = await self._warm.request(worker, frame)
                     else:
-                        files = self._write_files(job, code, slice_, secret)
+                        listen = slice_.port if slice_ is not None else 0
+                        config: Path | bytes | None = None
+                        if self._configs is not None:
+                            config = self._configs.job(code, port=listen, secret=secret_bytes)
+                        if config is None:
+                            files = self._write_files(job, code, slice_, secret)
+                            config = files.config
                         proc = await WorkerdProcess.spawn(
                             self._workerd_bin,
-                            files.config,
+                            config,
+                            cwd=self._runtime_path,
                             cgroup_procs=slice_.procs_file if slice_ is not None else None,
                         )
                         port = await proc.wait_listening()

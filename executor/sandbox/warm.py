@@ -39,6 +39,7 @@ import aiohttp
 
 from executor.errors import ArmError, NoFreeSliceError, SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES
+from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import (
     LOADER_JS,
@@ -68,7 +69,8 @@ class WarmWorker:
 
     slice: Slice
     proc: WorkerdProcess
-    files: tuple[Path, Path]
+    files: tuple[Path, ...]
+    """The loader's text config and code (none with a binary config)."""
     port: int
 
     def remove_files(self) -> None:
@@ -81,9 +83,16 @@ class WarmPool:
     """Keeps up to ``target`` slices of ``pool`` armed; see the module docstring."""
 
     def __init__(
-        self, *, pool: SlicePool, workerd_bin: Path, runtime_path: Path, target: int | None
+        self,
+        *,
+        pool: SlicePool,
+        workerd_bin: Path,
+        runtime_path: Path,
+        target: int | None,
+        configs: BinaryConfigs | None = None,
     ) -> None:
         self._pool = pool
+        self._configs = configs
         self._workerd_bin = workerd_bin
         self._runtime_path = runtime_path
         self.target = pool.capacity if target is None else min(target, pool.capacity)
@@ -337,19 +346,27 @@ class WarmPool:
 
     async def _launch(
         self, *, port: int, cgroup_procs: Path | None
-    ) -> tuple[WorkerdProcess, tuple[Path, Path], int]:
-        """Write the loader's files, start it, ask it once; ``ArmError`` (all cleaned up) if not."""
-        stem = self._runtime_path / f"{FILE_PREFIX}loader-{secrets.token_hex(8)}"
-        files = (stem.with_suffix(".js"), stem.with_suffix(".capnp"))
+    ) -> tuple[WorkerdProcess, tuple[Path, ...], int]:
+        """Start the loader (from a binary config, else from its files, written here), ask it
+        once; ``ArmError`` (all cleaned up) if that fails."""
+        files: tuple[Path, ...] = ()
         proc: WorkerdProcess | None = None
         try:
-            write_new_file(files[0], LOADER_JS.encode())
-            rendered = render_loader_config(loader_file=files[0].name, port=port)
-            write_new_file(files[1], rendered.encode())
+            config: Path | bytes
+            if self._configs is not None:
+                config = self._configs.loader(LOADER_JS, port=port)
+            else:
+                stem = self._runtime_path / f"{FILE_PREFIX}loader-{secrets.token_hex(8)}"
+                files = (stem.with_suffix(".js"), stem.with_suffix(".capnp"))
+                write_new_file(files[0], LOADER_JS.encode())
+                rendered = render_loader_config(loader_file=files[0].name, port=port)
+                write_new_file(files[1], rendered.encode())
+                config = files[1]
             async with asyncio.timeout(ARM_TIMEOUT_S):
                 proc = await WorkerdProcess.spawn(
                     self._workerd_bin,
-                    files[1],
+                    config,
+                    cwd=self._runtime_path,
                     cgroup_procs=cgroup_procs,
                     extra_args=("--experimental",),
                 )

@@ -113,11 +113,15 @@ class JobFiles:
 def write_new_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class BoundedCapture:
@@ -240,34 +244,37 @@ class WorkerdProcess:
     async def spawn(
         cls,
         workerd_bin: Path,
-        config: Path,
+        config: Path | bytes,
         *,
+        cwd: Path,
         cgroup_procs: Path | None,
         extra_args: tuple[str, ...] = (),
     ) -> WorkerdProcess:
-        """Start workerd on ``config``; with ``cgroup_procs``, inside that slice from the start."""
+        """Start workerd on ``config``: a text config file, or a binary config message
+        (:mod:`.capnp_config`), handed over in a memfd. With ``cgroup_procs``, workerd runs inside
+        that slice from its first instruction."""
         use_pidfd_exit_watcher()
+        config_fd = -1
         read_fd, write_fd = os.pipe()
-        argv = [
-            str(workerd_bin),
-            "serve",
-            str(config),
-            "--verbose",
-            "--control-fd",
-            str(write_fd),
-            *extra_args,
-        ]
-        if cgroup_procs is not None:
-            argv = ["/bin/sh", "-c", _PLACE_AND_EXEC, str(cgroup_procs), *argv]
         try:
+            if isinstance(config, bytes):
+                config_fd = os.memfd_create("workerd-config", os.MFD_CLOEXEC)
+                write_all(config_fd, config)
+                config_args = ["--binary", f"/proc/self/fd/{config_fd}"]
+            else:
+                config_args = [str(config)]
+            argv = [str(workerd_bin), "serve", *config_args, "--verbose"]
+            argv += ["--control-fd", str(write_fd), *extra_args]
+            if cgroup_procs is not None:
+                argv = ["/bin/sh", "-c", _PLACE_AND_EXEC, str(cgroup_procs), *argv]
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                cwd=config.parent,
+                cwd=cwd,
                 env=_CHILD_ENV,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd,) if config_fd < 0 else (write_fd, config_fd),
                 start_new_session=True,
             )
         except BaseException:
@@ -275,6 +282,8 @@ class WorkerdProcess:
             raise
         finally:
             os.close(write_fd)
+            if config_fd >= 0:
+                os.close(config_fd)
         return cls(proc, read_fd)
 
     @property

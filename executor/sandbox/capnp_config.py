@@ -1,0 +1,139 @@
+"""workerd configs as binary Cap'n Proto messages (``workerd serve --binary``), passed in memory.
+
+At every start workerd compiles its text config, and the whole ``workerd.capnp`` schema the config
+imports: about a tenth of a start-up's CPU here (``benchmarks/``). The same config encoded in Python
+(pycapnp, with the ``workerd.capnp`` that the workerd npm package ships for the binary's own
+version) spares workerd that work. The message goes to workerd in a memfd (``/proc/self/fd/N``), so
+a cold job's code and secret are never written to a file.
+
+The binary configs mean exactly what the text configs of :func:`.workerd.render_config` and
+:func:`.loader.render_loader_config` mean (the tests run both). One difference in form: the text
+config ``embed``s the code file, whose raw bytes workerd reads, while a binary config carries the
+code in a Text field, which must be UTF-8. Code that is not valid UTF-8, or holds a NUL byte, is
+therefore started from the text config. The user's bytes are a field's value either way, never
+config syntax.
+
+Without pycapnp or the schema (``$OYSTER_WORKERD_SCHEMA``, then next to the binary: the npm layout
+``node_modules/workerd/workerd.capnp`` or ``<prefix>/share/workerd/workerd.capnp``), every config
+stays text, and the log says so once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from executor.sandbox.loader import LOADER_ID
+from executor.sandbox.workerd import COMPATIBILITY_DATE
+
+log = logging.getLogger(__name__)
+
+SCHEMA_ENV = "OYSTER_WORKERD_SCHEMA"
+
+
+def find_schema(workerd_bin: Path) -> Path | None:
+    """The ``workerd.capnp`` of this workerd binary, if it can be found."""
+    override = os.environ.get(SCHEMA_ENV)
+    if override:
+        return Path(override) if Path(override).is_file() else None
+    real = workerd_bin.resolve()
+    up = real.parents
+    candidates = [real.parent / "workerd.capnp"]
+    if len(up) > 1:  # <prefix>/bin/workerd
+        candidates.append(up[1] / "share" / "workerd" / "workerd.capnp")
+    if len(up) > 3:  # node_modules/@cloudflare/workerd-<platform>/bin/workerd
+        candidates.append(up[3] / "workerd" / "workerd.capnp")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_schema(path: Path) -> Any:
+    import capnp
+
+    imports = [str(Path(capnp.__file__).parent.parent)]  # its bundled /capnp/c++.capnp
+    return capnp.load(str(path), imports=imports)
+
+
+class BinaryConfigs:
+    """Encodes the two configs the sandbox starts workerd with (see the module docstring)."""
+
+    def __init__(self, schema: Any) -> None:
+        self._schema = schema
+
+    @classmethod
+    def load(cls, workerd_bin: Path) -> BinaryConfigs | None:
+        """The encoder for this binary's schema; ``None`` (said in the log) where there is none."""
+        try:
+            import capnp  # noqa: F401
+        except ImportError:
+            log.info("pycapnp is not installed: workerd starts from text configs")
+            return None
+        path = find_schema(workerd_bin)
+        if path is None:
+            log.info(
+                "no workerd.capnp found for %s (set $%s): workerd starts from text configs",
+                workerd_bin,
+                SCHEMA_ENV,
+            )
+            return None
+        try:
+            return cls(_load_schema(path))
+        except Exception as e:  # a schema pycapnp cannot read: the text configs still work
+            log.warning("cannot load %s (%s): workerd starts from text configs", path, e)
+            return None
+
+    def job(self, code: bytes, *, port: int, secret: bytes | None) -> bytes | None:
+        """A cold job's config (its code inline, ``env.secret`` = ``secret``); ``None`` for code
+        a Text field cannot carry verbatim (the caller then uses the text config)."""
+        if b"\x00" in code:
+            return None
+        try:
+            text = code.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        bindings: list[tuple[str, bytes | None]] = [] if secret is None else [("secret", secret)]
+        return self._config(module=("main", text), flags=[], bindings=bindings, port=port)
+
+    def loader(self, loader_js: str, *, port: int) -> bytes:
+        """A warm slice's config: the loader worker and its Worker Loader binding."""
+        return self._config(
+            module=("loader", loader_js),
+            flags=["experimental"],
+            bindings=[("LOADER", None)],
+            port=port,
+        )
+
+    def _config(
+        self,
+        *,
+        module: tuple[str, str],
+        flags: list[str],
+        bindings: list[tuple[str, bytes | None]],
+        port: int,
+    ) -> bytes:
+        config = self._schema.Config.new_message()
+        service = config.init("services", 1)[0]
+        service.name = "main"
+        worker = service.init("worker")
+        main = worker.init("modules", 1)[0]
+        main.name, main.esModule = module
+        worker.compatibilityDate = COMPATIBILITY_DATE
+        if flags:
+            worker.compatibilityFlags = flags
+        if bindings:
+            slots = worker.init("bindings", len(bindings))
+            for slot, (name, data) in zip(slots, bindings, strict=True):
+                slot.name = name
+                if data is None:
+                    slot.init("workerLoader").id = LOADER_ID
+                else:
+                    slot.data = data
+        socket = config.init("sockets", 1)[0]
+        socket.name = "http"
+        socket.address = f"127.0.0.1:{port}"
+        socket.init("http")
+        socket.service.name = "main"
+        return bytes(config.to_bytes())
