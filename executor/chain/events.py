@@ -12,12 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from eth_abi import decode
-from eth_abi.exceptions import DecodingError
 from eth_utils import keccak
 from eth_utils import to_checksum_address as _to_checksum_address
 from hexbytes import HexBytes
 
+from executor.chain.abi_decode import decode
 from executor.errors import ExecutorError
 
 
@@ -236,12 +235,12 @@ def decode_log(log: Mapping[str, Any]) -> ChainEvent | None:
             decode([t], _as_bytes(topic))[0]
             for t, topic in zip(event_type.INDEXED, topics[1:], strict=True)
         ]
-        data = decode(list(event_type.DATA), _as_bytes(log.get("data") or b""), strict=True)
+        data = decode(event_type.DATA, _as_bytes(log.get("data") or b""))
         values = [
             _normalize(t, v)
             for t, v in zip(event_type.INDEXED + event_type.DATA, [*indexed, *data], strict=True)
         ]
-    except (DecodingError, KeyError, TypeError, ValueError, OverflowError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # AbiDecodeError: ValueError
         if isinstance(e, EventDecodeError):
             raise
         raise EventDecodeError(f"malformed {event_type.__name__} log: {e}") from e
