@@ -192,6 +192,36 @@ async def test_outputs_are_repriced_and_land_while_the_base_fee_is_held_high(
         assert len(await devnet.job_responses(job_id)) == 1
 
 
+async def test_a_burst_on_a_chain_that_mines_each_transaction_replaces_nothing(
+    w3: AsyncWeb3[Any], devnet: Devnet, enclave: EnclaveKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On automine anvil every output sent is a block: three blocks pass within milliseconds of
+    a send while the manager has not yet read the nonce that says it was mined. Taking that for a
+    stuck transaction replaced outputs that were fine, and each replacement was itself a block (a
+    storm of re-priced replacements, seen in the end-to-end benchmark)."""
+    caplog.set_level(logging.INFO, logger="executor.chain.inflight")
+    jobs = await new_jobs(devnet, [enclave.address], 40, deadline_ms=15_000)
+    start = await w3.eth.block_number
+
+    async def staggered(runner: JobRunner, index: int, job_id: int) -> TxOutcome:
+        await asyncio.sleep(0.015 * index)  # outputs trickle out, as a burst's executions end
+        return await submit(runner, devnet, job_id)
+
+    txm = TxManager(w3, [w3], await w3.eth.chain_id)  # the daemon's polling
+    txm.set_account(GAS_ACCOUNT)
+    await txm.start()
+    try:
+        runner = runner_for(txm, enclave, devnet)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(staggered(runner, i, j) for i, j in enumerate(jobs))), 60
+        )
+    finally:
+        await txm.close()
+    assert [o.status for o in outcomes] == [TxStatus.MINED] * len(jobs)
+    assert [r.getMessage() for r in caplog.records if "replacing" in r.getMessage()] == []
+    assert outputs_per_job(await sent_by(w3, GAS.address, start)) == {j: 1 for j in jobs}
+
+
 async def test_transient_rpc_errors_never_send_a_second_output(
     w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
 ) -> None:
