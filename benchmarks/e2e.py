@@ -287,48 +287,61 @@ async def main(args: argparse.Namespace) -> None:
         variants["daemon, cold (warm_workers 0)"] = 0
     results: dict[str, Figures] = {}
     try:
-        async with start_anvil() as anvil:
-            w3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
-            try:
-                devnet = await deploy_devnet(
-                    w3, DEV_ACCOUNTS[0], execution_buffer_time=60, num_selected_executors=1
-                )
-                codehash = await devnet.save_code(USER, CODE.decode())
-                for index, (name, warm_workers) in enumerate(variants.items()):
-                    parent = make_slices(args.slices, tag=f"-{index}")
-                    if parent is None:
-                        raise SystemExit("the end-to-end benchmark needs cgroup slices (root)")
-                    bench = Bench(devnet, codehash, workerd, folder, args.slices, anvil.pid, parent)
-                    try:
-                        async with (
-                            running_daemon(
-                                folder / f"node-{index}",
-                                anvil,
-                                devnet,
-                                cgroup_parent=parent,
-                                warm_workers=warm_workers,
-                                owner=DEV_ACCOUNTS[1],
-                                gas=DEV_ACCOUNTS[4 + index],
-                            ) as daemon,
-                            subscribe_responses(
-                                anvil.ws_url, devnet, daemon.files.key.address
-                            ) as responses,
-                        ):
-                            print(f"measuring {name} (daemon pid {daemon.pid}) ...", flush=True)
-                            try:
-                                results[name] = await measure(bench, daemon, responses, args)
-                            except (TimeoutError, RuntimeError):
-                                kept = Path(tempfile.mkdtemp(prefix="oyster-e2e-failed-"))
-                                shutil.copy(daemon.log_file, kept)
-                                print(f"!! {name} failed (daemon log kept in {kept}):")
-                                print(traceback.format_exc(limit=-3))
-                    finally:
-                        remove_slices(parent)
-            finally:
-                await w3.provider.disconnect()
+        for index, (name, warm_workers) in enumerate(variants.items()):
+            # A fresh chain per variant: anvil slows down as its chain grows (thousands of blocks
+            # after one variant), which would penalise whichever variant comes second.
+            figures = await measure_variant(args, name, warm_workers, index, workerd, folder)
+            if figures is not None:
+                results[name] = figures
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     report(results, args, workerd)
+
+
+async def measure_variant(
+    args: argparse.Namespace,
+    name: str,
+    warm_workers: int | None,
+    index: int,
+    workerd: Path,
+    folder: Path,
+) -> Figures | None:
+    """One daemon variant on its own anvil, devnet and slices; ``None`` (said) if it failed."""
+    async with start_anvil() as anvil:
+        w3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
+        parent = make_slices(args.slices, tag=f"-{index}")
+        if parent is None:
+            raise SystemExit("the end-to-end benchmark needs cgroup slices (root)")
+        try:
+            devnet = await deploy_devnet(
+                w3, DEV_ACCOUNTS[0], execution_buffer_time=60, num_selected_executors=1
+            )
+            codehash = await devnet.save_code(USER, CODE.decode())
+            bench = Bench(devnet, codehash, workerd, folder, args.slices, anvil.pid, parent)
+            async with (
+                running_daemon(
+                    folder / f"node-{index}",
+                    anvil,
+                    devnet,
+                    cgroup_parent=parent,
+                    warm_workers=warm_workers,
+                    owner=DEV_ACCOUNTS[1],
+                    gas=DEV_ACCOUNTS[4],
+                ) as daemon,
+                subscribe_responses(anvil.ws_url, devnet, daemon.files.key.address) as responses,
+            ):
+                print(f"measuring {name} (daemon pid {daemon.pid}) ...", flush=True)
+                try:
+                    return await measure(bench, daemon, responses, args)
+                except (TimeoutError, RuntimeError):
+                    kept = Path(tempfile.mkdtemp(prefix="oyster-e2e-failed-"))
+                    shutil.copy(daemon.log_file, kept)
+                    print(f"!! {name} failed (daemon log kept in {kept}):")
+                    print(traceback.format_exc(limit=-3))
+                    return None
+        finally:
+            remove_slices(parent)
+            await w3.provider.disconnect()
 
 
 if __name__ == "__main__":
