@@ -155,3 +155,46 @@ async def test_a_cold_job_reads_its_config_from_memory_and_writes_no_file(tmp_pa
     assert (await job).error_code == 4
     echo = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
     assert echo.output == b"echo:x"
+
+
+def test_one_schema_per_process_whatever_its_path(
+    configs: BinaryConfigs,
+    schema_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Cap'n Proto compiler aborts the process on a second file with a known file id: the same
+    text elsewhere is the same schema, other text (another workerd version) is refused."""
+    copy = tmp_path / "same" / "workerd.capnp"
+    copy.parent.mkdir()
+    copy.write_bytes(schema_path.read_bytes())
+    assert _load_schema(copy) is _load_schema(schema_path)
+    other = tmp_path / "other" / "workerd.capnp"
+    other.parent.mkdir()
+    other.write_bytes(schema_path.read_bytes() + b"\n# another version\n")
+    with pytest.raises(ValueError, match=r"another workerd\.capnp is already loaded"):
+        _load_schema(other)
+    monkeypatch.setenv(SCHEMA_ENV, str(other))
+    with caplog.at_level("WARNING", logger="executor.sandbox.capnp_config"):
+        assert BinaryConfigs.load(workerd_bin_or_skip()) is None
+    assert "workerd starts from text configs" in caplog.text
+
+
+def test_a_workerd_that_cannot_start_from_a_binary_config_gets_text_configs(
+    configs: BinaryConfigs,
+    schema_path: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Checked once, at load: a workerd that does not come up from a binary config (another
+    version than its schema, no readable memfd) must not fail jobs later."""
+    fake = tmp_path / "bin" / "workerd"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'cannot read that config' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    (fake.parent / "workerd.capnp").write_bytes(schema_path.read_bytes())
+    with caplog.at_level("WARNING", logger="executor.sandbox.capnp_config"):
+        assert BinaryConfigs.load(fake) is None
+    assert "exited with status 3: cannot read that config" in caplog.text
+    assert "workerd starts from text configs" in caplog.text

@@ -20,14 +20,17 @@ stays text, and the log says so once.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import logging
 import os
+import select
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from executor.sandbox.loader import LOADER_ID
-from executor.sandbox.workerd import COMPATIBILITY_DATE
+from executor.sandbox.workerd import COMPATIBILITY_DATE, write_all
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,36 @@ def find_schema(workerd_bin: Path) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
-@functools.lru_cache(maxsize=4)
+_loaded: dict[bytes, Any] = {}
+"""Schemas loaded in this process, by the SHA-256 of their text."""
+
+
 def _load_schema(path: Path) -> Any:
+    """The schema module of ``path``; the same module for every file with the same text.
+
+    The Cap'n Proto compiler aborts the whole process (not an exception) when a second file
+    declares a file id it has seen: a different ``workerd.capnp`` (another workerd version) after
+    one was loaded is refused with ``ValueError`` instead.
+    """
     import capnp
 
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    if digest in _loaded:
+        return _loaded[digest]
+    if _loaded:
+        raise ValueError("another workerd.capnp is already loaded in this process")
     imports = [str(Path(capnp.__file__).parent.parent)]  # its bundled /capnp/c++.capnp
-    return capnp.load(str(path), imports=imports)
+    _loaded[digest] = capnp.load(str(path), imports=imports)
+    return _loaded[digest]
+
+
+def _memfds_usable() -> bool:
+    """Whether a config can be handed over as ``/proc/self/fd/N`` of a memfd here."""
+    try:
+        os.close(os.memfd_create("probe", os.MFD_CLOEXEC))
+    except (AttributeError, OSError):
+        return False
+    return Path("/proc/self/fd").is_dir()
 
 
 class BinaryConfigs:
@@ -71,6 +98,9 @@ class BinaryConfigs:
         except ImportError:
             log.info("pycapnp is not installed: workerd starts from text configs")
             return None
+        if not _memfds_usable():
+            log.info("no memfd or no /proc here: workerd starts from text configs")
+            return None
         path = find_schema(workerd_bin)
         if path is None:
             log.info(
@@ -80,10 +110,21 @@ class BinaryConfigs:
             )
             return None
         try:
-            return cls(_load_schema(path))
+            configs = cls(_load_schema(path))
         except Exception as e:  # a schema pycapnp cannot read: the text configs still work
             log.warning("cannot load %s (%s): workerd starts from text configs", path, e)
             return None
+        failure = _self_test_once(workerd_bin, path, configs)
+        if failure is not None:
+            log.warning(
+                "workerd %s did not start from a binary config encoded with %s (%s): "
+                "workerd starts from text configs",
+                workerd_bin,
+                path,
+                failure,
+            )
+            return None
+        return configs
 
     def job(self, code: bytes, *, port: int, secret: bytes | None) -> bytes | None:
         """A cold job's config (its code inline, ``env.secret`` = ``secret``); ``None`` for code
@@ -137,3 +178,71 @@ class BinaryConfigs:
         socket.init("http")
         socket.service.name = "main"
         return bytes(config.to_bytes())
+
+
+SELF_TEST_TIMEOUT_S = 10.0
+_self_tests: dict[tuple[Path, Path], str | None] = {}
+
+
+def _self_test_once(workerd_bin: Path, schema: Path, configs: BinaryConfigs) -> str | None:
+    """Start workerd once from a binary config (a worker that is never asked anything) and wait
+    for its listen report: a schema of another workerd version, or a workerd that cannot read the
+    memfd, shows here, once per process, not in a job. ``None`` if it started, else why not."""
+    key = (workerd_bin.resolve(), schema)
+    if key not in _self_tests:
+        _self_tests[key] = _self_test(workerd_bin, configs)
+    return _self_tests[key]
+
+
+def _self_test(workerd_bin: Path, configs: BinaryConfigs) -> str | None:
+    message = configs.job(
+        b"export default { fetch() { return new Response(); } };", port=0, secret=None
+    )
+    assert message is not None
+    config_fd = os.memfd_create("workerd-config", os.MFD_CLOEXEC)
+    read_fd, write_fd = os.pipe()
+    try:
+        write_all(config_fd, message)
+        argv = [str(workerd_bin), "serve", "--binary", f"/proc/self/fd/{config_fd}"]
+        argv += ["--control-fd", str(write_fd)]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=(config_fd, write_fd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={"PATH": "/usr/bin:/bin"},
+            )
+        except OSError as e:
+            return f"cannot run it: {e}"
+        os.close(write_fd)
+        write_fd = -1
+        try:
+            report = _read_line(read_fd, SELF_TEST_TIMEOUT_S)
+        finally:
+            proc.kill()
+            _, err = proc.communicate()
+        if b'"listen"' in report:
+            return None
+        tail = err.decode("utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return f"exited with status {proc.returncode}: {tail[0][:300]}"
+    finally:
+        for fd in (config_fd, read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _read_line(fd: int, timeout_s: float) -> bytes:
+    """The first line written to ``fd`` (or what came before EOF or the timeout)."""
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
