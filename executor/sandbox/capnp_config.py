@@ -15,7 +15,9 @@ config syntax.
 
 Without pycapnp or the schema (``$OYSTER_WORKERD_SCHEMA``, then next to the binary: the npm layout
 ``node_modules/workerd/workerd.capnp`` or ``<prefix>/share/workerd/workerd.capnp``), every config
-stays text, and the log says so once.
+stays text, and the log says so once. The same holds when workerd, started once from a binary
+config when the schema is loaded (a blocking ~50 ms, once per process), does not come up: a schema
+of another version must not fail every job later.
 """
 
 from __future__ import annotations
