@@ -28,15 +28,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from executor.errors import NoFreeSliceError, SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
+from executor.sandbox import http1
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
 from executor.sandbox.warm import WarmPool, WarmWorker
-from executor.sandbox.workerd import JobFiles, WorkerdProcess, post_body
+from executor.sandbox.workerd import JobFiles, WorkerdProcess
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +204,14 @@ class Sandbox:
                             await proc.wait()
                             await asyncio.wait([proc.stderr.task])  # all of stderr, uncancelled
                         else:
-                            body = await post_body(port, inputs, max_bytes=MAX_OUTPUT_BYTES)
+                            body = await http1.post(port, inputs, limit=MAX_OUTPUT_BYTES + 1)
             except TimeoutError:
                 if not timeout.expired():
                     raise
                 error_code, output, elapsed_ms = ErrorCode.DEADLINE_EXCEEDED, b"", deadline_ms
-            except aiohttp.ClientError as e:
-                raise SandboxError(f"{job}: request to workerd failed: {e!r}") from e
-            except OSError as e:  # after TimeoutError and ClientError, which are OSErrors too
+            except http1.HttpError as e:
+                raise SandboxError(f"{job}: request to workerd failed: {e}") from e
+            except OSError as e:  # after TimeoutError and HttpError, which are OSErrors too
                 raise SandboxError(f"{job}: cannot start workerd: {e}") from e
             else:
                 elapsed_ms = min(deadline_ms, int((time.monotonic() - started) * 1000))

@@ -39,6 +39,7 @@ import aiohttp
 
 from executor.errors import ArmError, NoFreeSliceError, SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES
+from executor.sandbox import http1
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import (
@@ -193,20 +194,10 @@ class WarmPool:
 
     async def request(self, worker: WarmWorker, frame: bytes) -> tuple[Verdict, bytes]:
         """POST one job's frame to ``worker``'s loader; the verdict and up to 20481 body bytes."""
-        assert self._session is not None, "warm pool not started"
-        url = f"http://127.0.0.1:{worker.port}/"
-        async with self._session.post(url, data=frame) as response:
-            verdict = Verdict.from_header(response.headers.get(VERDICT_HEADER))
+        async with http1.Exchange(worker.port, frame) as exchange:
+            verdict = Verdict.from_header(exchange.headers.get(VERDICT_HEADER))
             limit = MAX_OUTPUT_BYTES + 1 if verdict is Verdict.RESPONDED else 64 * 1024
-            chunks = []
-            size = 0
-            while size < limit:
-                chunk = await response.content.read(limit - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            return verdict, b"".join(chunks)
+            return verdict, await exchange.read(limit)
 
     def kill(self, worker: WarmWorker) -> None:
         """SIGKILL the worker's process and everything else in its slice, at once (no wait)."""

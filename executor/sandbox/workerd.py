@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 log = logging.getLogger(__name__)
 
 CAPTURE_LIMIT = 64 * 1024
@@ -352,31 +350,3 @@ class WorkerdProcess:
         """The end of stderr, printable ASCII only, for an error message."""
         tail = self.stderr.data[-limit:].decode("ascii", errors="replace")
         return re.sub(r"[^\x20-\x7e]+", " ", tail).strip()
-
-
-async def post_body(port: int, body: bytes, *, max_bytes: int) -> bytes:
-    """POST ``body`` to the worker; return its response body, truncated to ``max_bytes + 1`` bytes.
-
-    The status code is ignored (an uncaught exception is a 500 whose body is the output). Only
-    ``Host`` and ``Content-Length`` are sent, like a plain HTTP client: no content type, no
-    compression, so the worker sees the raw body and the output is the raw response body.
-    """
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with (
-        aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=False,
-            skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent", "Accept"),
-        ) as session,
-        session.post(f"http://127.0.0.1:{port}/", data=body) as response,
-    ):
-        chunks = []
-        size = 0
-        while size <= max_bytes:
-            chunk = await response.content.read(max_bytes + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
