@@ -20,8 +20,8 @@ async def answering(answer: bytes) -> AsyncIterator[tuple[int, list[bytes]]]:
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        requests.append(head + await reader.readexactly(length))
+        length = head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
+        requests.append(head + await reader.readexactly(int(length or 0)))
         writer.write(answer)
         await writer.drain()
         writer.close()
@@ -107,3 +107,54 @@ async def test_nobody_listening_is_an_error() -> None:
     await server.wait_closed()
     with pytest.raises(HttpError, match="cannot connect"):
         await post(port, b"", limit=10)
+
+
+async def test_a_kept_connection_carries_the_next_request() -> None:
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nready",
+            b"HTTP/1.1 200 OK\r\n\r\nsecond",
+        ):
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.append(head)
+            if b"Content-Length: " in head:
+                await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with Exchange(port, b"", method="GET", keep_alive=True) as first:
+            assert await first.read(64) == b"ready"
+            kept = first.keep()
+        assert kept is not None and kept.usable(5.0) and not kept.usable(0.0)
+        async with Exchange(port, b"job", reuse=kept) as second:
+            assert await second.read(64) == b"second"
+            assert second.keep() is None  # it asked for Connection: close
+        assert seen[0].startswith(b"GET / HTTP/1.1\r\n") and b"Connection" not in seen[0]
+        assert b"Content-Length: 3\r\nConnection: close\r\n" in seen[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nready",  # refused
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nready....",  # not read to its end
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nready\r\n0\r\n\r\n",
+    ],
+    ids=["server-closes", "body-left-unread", "chunked"],
+)
+async def test_a_connection_is_kept_only_at_a_clean_boundary(answer: bytes) -> None:
+    async with (
+        answering(answer) as (port, _),
+        Exchange(port, b"", method="GET", keep_alive=True) as exchange,
+    ):
+        await exchange.read(5)
+        assert exchange.keep() is None

@@ -17,6 +17,7 @@ import pytest
 
 from executor.errors import SandboxError
 from executor.outcome import ErrorCode
+from executor.sandbox import warm as warm_module
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.loader import NO_SECRET, Verdict, encode_frame
 from executor.sandbox.runner import Sandbox
@@ -170,6 +171,37 @@ async def test_arming_waits_while_jobs_run_and_until_they_pause(
     await asyncio.sleep(0.3)  # nothing runs now, but the jobs paused only 0.3 s ago
     assert warm.idle_count == 0
     await eventually(lambda: warm.ready_count == 2)
+
+
+async def test_the_job_request_reuses_the_warm_up_connection_while_it_is_fresh(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm-up's connection carries the job's request if it has been idle under REUSE_S (one
+    connect less on the job's path); a stale or closed one is never used: a new one is opened."""
+    warm = _warm(sandbox)
+    await eventually(lambda: warm.ready_count == 2)
+    opened: list[int] = []
+    real_open = asyncio.open_connection
+
+    async def counting_open(host: str, port: int, **kwargs: object) -> object:
+        opened.append(port)
+        return await real_open(host, port, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "open_connection", counting_open)
+    await asyncio.sleep(0.3)  # no job was started just now: the slices stay armed
+    assert (await sandbox.execute(ECHO_JS, b"a", deadline_ms=5000)).output == b"echo:a"
+    assert opened == []  # the kept connection carried it
+    monkeypatch.setattr(warm_module, "REUSE_S", 0.0)  # every kept connection is stale now
+    assert (await sandbox.execute(ECHO_JS, b"b", deadline_ms=5000)).output == b"echo:b"
+    assert len(opened) == 1
+    monkeypatch.setattr(warm_module, "REUSE_S", 60.0)
+    await eventually(lambda: warm.ready_count == 2)
+    for worker in list(warm._ready):  # as if the loader had closed them
+        assert worker.connection is not None
+        worker.connection.writer.close()
+    opened.clear()  # (arming opened the warm-ups' connections meanwhile)
+    assert (await sandbox.execute(ECHO_JS, b"c", deadline_ms=5000)).output == b"echo:c"
+    assert len(opened) == 1
 
 
 async def test_a_secret_never_outlives_its_job(sandbox: Sandbox, tmp_path: Path) -> None:

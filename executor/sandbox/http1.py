@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -28,39 +30,83 @@ class HttpError(OSError):
     """The response is not well-formed HTTP/1.x, or the connection failed."""
 
 
+@dataclass
+class KeptConnection:
+    """A connection left open after a complete exchange, for one more request soon after."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    idle_since: float
+    """``time.monotonic()`` when its last response was read to the end."""
+
+    def usable(self, within_s: float) -> bool:
+        """Open, not closed by the peer, and idle for less than ``within_s``."""
+        return (
+            not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and time.monotonic() - self.idle_since < within_s
+        )
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
 class Exchange:
-    """One POST to ``http://127.0.0.1:<port>/``: entering sends it and reads the status line and
+    """One request to ``http://127.0.0.1:<port>/``: entering sends it and reads the status line and
     headers, :meth:`read` reads (part of) the body, leaving closes the connection::
 
         async with Exchange(port, body) as exchange:
             verdict = exchange.headers.get("x-...")
             body = await exchange.read(limit)
+
+    ``reuse`` sends the request on a connection kept from an earlier exchange instead of a new one.
+    ``keep_alive`` asks the server to keep the connection: after a body read to its end,
+    :meth:`keep` hands it over instead of closing it.
     """
 
-    def __init__(self, port: int, body: bytes) -> None:
+    def __init__(
+        self,
+        port: int,
+        body: bytes,
+        *,
+        method: str = "POST",
+        keep_alive: bool = False,
+        reuse: KeptConnection | None = None,
+    ) -> None:
         self._port = port
         self._body = body
+        self._method = method
+        self._keep_alive = keep_alive
+        self._reuse = reuse
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._complete = False
+        self._kept = False
         self.status = 0
         self.headers: dict[str, str] = {}
         """Lower-cased names; a repeated header keeps its first value."""
 
     async def __aenter__(self) -> Exchange:
         where = f"127.0.0.1:{self._port}"
+        if self._reuse is not None:
+            self._reader, self._writer = self._reuse.reader, self._reuse.writer
+        else:
+            try:
+                self._reader, self._writer = await asyncio.open_connection(
+                    "127.0.0.1", self._port, limit=MAX_HEAD_BYTES
+                )
+            except OSError as e:
+                raise HttpError(f"cannot connect to {where}: {e}") from e
         try:
-            self._reader, self._writer = await asyncio.open_connection(
-                "127.0.0.1", self._port, limit=MAX_HEAD_BYTES
-            )
-        except OSError as e:
-            raise HttpError(f"cannot connect to {where}: {e}") from e
-        try:
-            head = (
-                f"POST / HTTP/1.1\r\nHost: {where}\r\nContent-Length: {len(self._body)}\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            self._writer.write(head.encode("ascii") + self._body)
-            await self._writer.drain()
+            head = f"{self._method} / HTTP/1.1\r\nHost: {where}\r\n"
+            if self._method == "POST":
+                head += f"Content-Length: {len(self._body)}\r\n"
+            if not self._keep_alive:
+                head += "Connection: close\r\n"
+            self._writer.write((head + "\r\n").encode("ascii") + self._body)
+            await _guarded(self._writer.drain(), where)
             self.status, self.headers = await _guarded(_read_head(self._reader), where)
         except BaseException:
             await self._close()
@@ -71,10 +117,22 @@ class Exchange:
         """The body, or its first ``limit`` bytes (nothing more is read)."""
         assert self._reader is not None, "not entered"
         where = f"127.0.0.1:{self._port}"
-        return await _guarded(_read_body(self._reader, self.headers, limit), where)
+        body, self._complete = await _guarded(_read_body(self._reader, self.headers, limit), where)
+        return body
+
+    def keep(self) -> KeptConnection | None:
+        """The connection, left open for another request, if this exchange asked for that, the
+        server did not refuse, and the body was read to its end (with a ``Content-Length``)."""
+        refused = "close" in self.headers.get("connection", "").lower()
+        if not (self._keep_alive and self._complete) or refused or self._writer is None:
+            return None
+        assert self._reader is not None
+        self._kept = True
+        return KeptConnection(self._reader, self._writer, time.monotonic())
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._close()
+        if not self._kept:
+            await self._close()
 
     async def _close(self) -> None:
         if self._writer is not None:
@@ -89,7 +147,7 @@ async def post(port: int, body: bytes, *, limit: int) -> bytes:
         return await exchange.read(limit)
 
 
-async def _guarded(step: Coroutine[Any, Any, T], where: str) -> T:
+async def _guarded(step: Awaitable[T], where: str) -> T:
     try:
         return await step
     except (ConnectionError, asyncio.IncompleteReadError) as e:
@@ -116,9 +174,13 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
     return int(code), headers
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
+async def _read_body(
+    reader: asyncio.StreamReader, headers: dict[str, str], limit: int
+) -> tuple[bytes, bool]:
+    """The body's first ``limit`` bytes, and whether it ended there with a ``Content-Length``
+    framing (only then can the connection carry another exchange)."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _read_chunked(reader, limit)
+        return await _read_chunked(reader, limit), False
     length = headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -130,8 +192,8 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limi
             if not more:
                 raise HttpError(f"the body ended after {len(data)} of {length} bytes")
             data += more
-        return data
-    return await _read_to_end(reader, limit)
+        return data, wanted == int(length)
+    return await _read_to_end(reader, limit), False
 
 
 async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
