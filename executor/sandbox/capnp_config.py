@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.sandbox.loader import LOADER_ID
-from executor.sandbox.workerd import COMPATIBILITY_DATE, write_all
+from executor.sandbox.workerd import COMPATIBILITY_DATE, binary_config_fd
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +201,10 @@ def _self_test(workerd_bin: Path, configs: BinaryConfigs) -> str | None:
         b"export default { fetch() { return new Response(); } };", port=0, secret=None
     )
     assert message is not None
-    config_fd = os.memfd_create("workerd-config", os.MFD_CLOEXEC)
+    config_fd, config_args = binary_config_fd(message)
     read_fd, write_fd = os.pipe()
     try:
-        write_all(config_fd, message)
-        argv = [str(workerd_bin), "serve", "--binary", f"/proc/self/fd/{config_fd}"]
-        argv += ["--control-fd", str(write_fd)]
+        argv = [str(workerd_bin), "serve", *config_args, "--control-fd", str(write_fd)]
         try:
             proc = subprocess.Popen(
                 argv,

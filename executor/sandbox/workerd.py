@@ -116,6 +116,18 @@ def write_new_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def binary_config_fd(message: bytes) -> tuple[int, list[str]]:
+    """A memfd holding a binary config message, and the ``serve`` arguments that name it (the
+    fd must reach workerd under the same number: ``pass_fds``). The caller closes the fd."""
+    fd = os.memfd_create("workerd-config", os.MFD_CLOEXEC)
+    try:
+        write_all(fd, message)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, ["--binary", f"/proc/self/fd/{fd}"]
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -256,9 +268,7 @@ class WorkerdProcess:
         read_fd, write_fd = os.pipe()
         try:
             if isinstance(config, bytes):
-                config_fd = os.memfd_create("workerd-config", os.MFD_CLOEXEC)
-                write_all(config_fd, config)
-                config_args = ["--binary", f"/proc/self/fd/{config_fd}"]
+                config_fd, config_args = binary_config_fd(config)
             else:
                 config_args = [str(config)]
             argv = [str(workerd_bin), "serve", *config_args, "--verbose"]
