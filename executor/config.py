@@ -95,6 +95,7 @@ _JSON_VALUED = frozenset(
         "execution_buffer_time",
         "num_selected_executors",
         "warm_workers",
+        "max_job_gas",
     }
 )
 """Keys whose environment value is read as JSON (numbers and null); URL keys take JSON lists."""
@@ -158,6 +159,10 @@ class Settings(BaseSettings):
     0 = none (every job spawns workerd cold)."""
     metrics_addr: HostPort | None = None
     """Serve Prometheus metrics on this HOST:PORT (``serve --metrics-addr`` overrides it)."""
+    max_job_gas: int = Field(default=30_000_000, ge=1_000_000, le=1_000_000_000)
+    """The most gas one output or slash may be given (the Jobs contract calls the job owner's
+    callback with all the gas left): a job whose callback needs more is not answered, and logged
+    at ERROR. Only the gas used is paid; the gas account must hold this much at the fee cap."""
 
     @classmethod
     def settings_customise_sources(
@@ -178,6 +183,7 @@ class Settings(BaseSettings):
         "num_selected_executors",
         "secret_store_config_port",
         "warm_workers",
+        "max_job_gas",
         mode="before",
     )
     @classmethod

@@ -5,8 +5,11 @@
 submission (the timeout watch of some executor then settles the job). ``Slasher`` sends the slash of
 a job that the timeout watch (``executor.node``) found incomplete when its window closed.
 
-Both send through the ``TxManager``. An output's window is the contract's, in chain time; its gas
-is a bound on the calldata (no estimate on the critical path). A slash is pre-checked, so a job
+Both send through the ``TxManager``. An output's window is the contract's, in chain time. Every
+output and slash is estimated on its exact calldata (the production contract calls the job owner's
+callback with all the gas left, so its cost is the owner's to decide): the limit is a margin over
+the estimate, at least the calldata bound of ``submit_output_gas_bound`` and at most the operator's
+``max_job_gas``; a job whose callback needs more is not answered, and logged once at ERROR. A slash
 already settled by another executor costs nothing and ends at once; only "not due yet" is retried.
 """
 
@@ -29,7 +32,7 @@ from executor.chain.jobs_contract import (
     submit_output_gas_bound,
 )
 from executor.chain.signer import EnclaveKey
-from executor.chain.txs import TxManager, TxOutcome, TxStatus
+from executor.chain.txs import DEFAULT_GAS_CEILING, TxManager, TxOutcome, TxStatus
 from executor.errors import ChainError, SandboxError
 from executor.logs import job_label
 from executor.metrics import NO_METRICS, Metrics
@@ -56,6 +59,8 @@ class JobContext:
 
     jobs_contract: str
     execution_buffer_time_s: int
+    max_job_gas: int = DEFAULT_GAS_CEILING
+    """The most gas one output (or slash) may be given: the operator's ``max_job_gas``."""
 
 
 class JobClock:
@@ -115,7 +120,9 @@ class JobRunner:
                 return None
             self._metrics.job_outcome(outcome.error_code)
             logger.debug("%s: outcome %d, %dB", label, outcome.error_code, len(outcome.output))
-            sent = await self.submit(job.job_id, outcome, valid_until=valid_until)
+            sent = await self.submit(
+                job.job_id, outcome, valid_until=valid_until, owner=job.job_owner
+            )
             if not sent.mined:
                 self._metrics.job_not_submitted(sent.status.value)
             self._summary(label, outcome, sent, clock)
@@ -165,8 +172,12 @@ class JobRunner:
             return outcome  # totalTime = deadline (docs/protocol.md §3)
         return dataclasses.replace(outcome, total_time_ms=clock.elapsed_ms())
 
-    async def submit(self, job_id: int, outcome: JobOutcome, *, valid_until: float) -> TxOutcome:
-        """Sign ``outcome`` and send it; ``valid_until`` is the window's end in chain time."""
+    async def submit(
+        self, job_id: int, outcome: JobOutcome, *, valid_until: float, owner: str | None = None
+    ) -> TxOutcome:
+        """Sign ``outcome`` and send it; ``valid_until`` is the window's end in chain time;
+        ``owner`` (the job owner, whose callback the contract calls) is named in the log line of
+        a job too costly to answer."""
         label = f"job {job_id} submitOutput"
         sign_timestamp = int(self._txm.chain_now())
         signature = sign_output(
@@ -191,7 +202,8 @@ class JobRunner:
             kind="output",
             job_id=job_id,
             valid_until=valid_until,
-            gas_limit=submit_output_gas_bound(data),
+            gas_floor=submit_output_gas_bound(data),
+            gas_ceiling=self._ctx.max_job_gas,
         )
         if sent.mined:
             logger.debug(
@@ -200,6 +212,15 @@ class JobRunner:
                 sent.tx_hash,
                 sent.nonce,
                 sent.block_number,
+            )
+        elif sent.status is TxStatus.OVER_CEILING:
+            logger.error(
+                "%s: NOT answered: job owner %s's callback makes the output need %s gas, above "
+                "this node's max_job_gas=%d (raise it to answer such jobs)",
+                label,
+                owner or "(unknown)",
+                sent.gas_needed,
+                self._ctx.max_job_gas,
             )
         elif sent.status is TxStatus.REVERTED:
             reason = classify_revert(sent.revert_data)
@@ -213,9 +234,12 @@ class JobRunner:
 class Slasher:
     """Sends ``slashOnExecutionTimeout`` for a job found incomplete when its window closed."""
 
-    def __init__(self, *, txm: TxManager, jobs_contract: str) -> None:
+    def __init__(
+        self, *, txm: TxManager, jobs_contract: str, max_job_gas: int = DEFAULT_GAS_CEILING
+    ) -> None:
         self._txm = txm
         self._jobs_contract = jobs_contract
+        self._max_job_gas = max_job_gas
 
     async def slash(self, job_id: int) -> TxOutcome:
         """Slash ``job_id``; retried only while the contract says "not due yet". A job already
@@ -229,9 +253,19 @@ class Slasher:
                 kind="slash",
                 job_id=job_id,
                 valid_until=give_up,
+                gas_ceiling=self._max_job_gas,
             )
             if sent.mined:
                 logger.info("%s: slashed in tx %s (nonce %s)", label, sent.tx_hash, sent.nonce)
+                return sent
+            if sent.status is TxStatus.OVER_CEILING:
+                logger.error(
+                    "%s: not sent: it needs %s gas (the job owner's failure callback), above "
+                    "max_job_gas=%d",
+                    label,
+                    sent.gas_needed,
+                    self._max_job_gas,
+                )
                 return sent
             if sent.status is TxStatus.EXPIRED:
                 logger.warning("%s: still not due after %.0fs; given up", label, SLASH_RETRY_S)

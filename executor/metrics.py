@@ -85,6 +85,12 @@ class Metrics:
             ["kind", "result"],
             registry=r,
         )
+        self._gas_estimate = Histogram(
+            f"{PREFIX}_gas_estimate_seconds",
+            "Time of one eth_estimateGas before an output or slash is sent (on its critical path)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self._ws_reconnects = Counter(
             f"{PREFIX}_ws_reconnects", "Websocket (re)connections after a drop", registry=r
         )
@@ -108,6 +114,9 @@ class Metrics:
     def transaction(self, kind: str, result: str) -> None:
         """``kind`` is output or slash; ``result`` mined, rejected or failed."""
         self._transactions.labels(kind=kind, result=result).inc()
+
+    def gas_estimate(self, duration_s: float) -> None:
+        self._gas_estimate.observe(max(0.0, duration_s))
 
     def ws_reconnect(self) -> None:
         self._ws_reconnects.inc()

@@ -447,6 +447,29 @@ class ChainFollower:
         logger.info("job %d: selected (tx %s); executing", event.job_id, event.position.tx_hash)
         tracked.task = self._tasks.spawn(self._run_job(event), name=f"job-{event.job_id}")
 
+    async def own_output(self, job_id: int) -> bool | None:
+        """Whether this node's output of ``job_id`` landed: None when it was not selected (or
+        the job is unknown), else waits for the job's execution to end and says whether its
+        output was mined (a job answered before a restart counts as answered)."""
+        if job_id in self._answered:
+            return True
+        key = self._current.get(job_id)
+        tracked = self._jobs.get(key) if key is not None else None
+        if tracked is None or self._enclave not in tracked.job.selected_executors:
+            return None
+        task = tracked.task
+        if task is None:
+            return False  # selected but not executed (drained, shutting down, window closed)
+        try:
+            sent = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return False
+            raise
+        except Exception:
+            return False
+        return bool(getattr(sent, "mined", False))
+
     def _watch_timeout(self, job: JobCreated) -> None:
         self._watch.start(
             job.job_id,

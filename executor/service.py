@@ -71,7 +71,11 @@ class ExecutorService:
         self._timers = TaskSet("timeouts")
         self._following = TaskSet("follow")
         self._stream: LogStream | None = None
-        self._slasher = Slasher(txm=self.txm, jobs_contract=settings.jobs_contract_addr)
+        self._slasher = Slasher(
+            txm=self.txm,
+            jobs_contract=settings.jobs_contract_addr,
+            max_job_gas=settings.max_job_gas,
+        )
         self.watch = TimeoutWatch(
             slash=self._slash,
             execution_buffer_time_s=settings.execution_buffer_time,
@@ -85,7 +89,9 @@ class ExecutorService:
             fetcher=CodeFetcher(self._clients, settings.code_contract_addr, CodeCache()),
             execute=execute,
             txm=self.txm,
-            context=JobContext(settings.jobs_contract_addr, settings.execution_buffer_time),
+            context=JobContext(
+                settings.jobs_contract_addr, settings.execution_buffer_time, settings.max_job_gas
+            ),
             metrics=metrics,
         )
         self.follower = ChainFollower(
@@ -182,6 +188,16 @@ class ExecutorService:
         return NodeStatus.AWAITING_REGISTRATION
 
     async def _slash(self, job_id: int) -> bool:
+        # Never the slash of a job this node was selected for and did not get its output in:
+        # that slash takes this operator's own stake (its output may still be landing: wait).
+        answered = await self.follower.own_output(job_id)
+        if answered is False:
+            logger.warning(
+                "job %d: incomplete, but this node's own output did not land: not sending the "
+                "slash (it would slash this enclave); other nodes settle it",
+                job_id,
+            )
+            return False
         return (await self._slasher.slash(job_id)).mined
 
     # --- jobs and health -------------------------------------------------------------------------

@@ -33,7 +33,11 @@ async def test_reads_agree_with_web3(w3: AsyncWeb3[Any]) -> None:
     assert await raw.nonce(w3, SENDER.address, "latest") == await w3.eth.get_transaction_count(
         SENDER.address
     )
-    assert await raw.receipt(w3, tx_hash.to_0x_hex()) == (formatted["blockNumber"], True)
+    assert await raw.receipt(w3, tx_hash.to_0x_hex()) == (
+        formatted["blockNumber"],
+        True,
+        formatted["gasUsed"],
+    )
     assert await raw.transaction_block(w3, tx_hash.to_0x_hex()) == formatted["blockNumber"]
     unknown = "0x" + "ab" * 32
     assert await raw.receipt(w3, unknown) is None

@@ -47,6 +47,10 @@ class TxStatus(enum.Enum):
     MINED = "mined"
     REVERTED = "reverted"
     """Refused by the contract: at the pre-check (nothing sent) or on chain. See ``revert_data``."""
+    OUT_OF_GAS = "out-of-gas"
+    """Reverted on chain for want of gas (its call succeeds with more): worth sending again."""
+    OVER_CEILING = "over-ceiling"
+    """Not sent: its estimate is above the operator's ceiling (``max_job_gas``)."""
     EXPIRED = "expired"
     """``valid_until`` passed first, or the submitter was cancelled: never sent, or withdrawn."""
     NO_FUNDS = "no-funds"
@@ -62,6 +66,11 @@ class TxOutcome:
     block_number: int | None = None
     revert_data: bytes | None = None
     detail: str = ""
+    gas_limit: int | None = None
+    """The limit of the attempt that was mined."""
+    gas_used: int | None = None
+    gas_needed: int | None = None
+    """OUT_OF_GAS / OVER_CEILING: what the call was estimated to need."""
 
     @property
     def mined(self) -> bool:
@@ -200,7 +209,7 @@ class InFlight:
             if receipt is None:
                 continue
             self._txs.pop(tracked.key, None)
-            block, succeeded = receipt
+            block, succeeded, gas_used = receipt
             where = f"{tracked.label}: nonce {tracked.nonce}: tx {attempt.tx_hash}"
             if attempt.noop:
                 logger.info("%s (no-op) mined in block %d: nonce consumed", where, block)
@@ -208,13 +217,36 @@ class InFlight:
             if tracked.withdrawing:
                 logger.warning("%s mined in block %d before it could be withdrawn", where, block)
             if succeeded:
-                outcome = TxOutcome(TxStatus.MINED, tracked.nonce, attempt.tx_hash, block)
-            else:
-                data = await self._replay(tracked, block)
                 outcome = TxOutcome(
-                    TxStatus.REVERTED, tracked.nonce, attempt.tx_hash, block, data, "reverted"
+                    TxStatus.MINED,
+                    tracked.nonce,
+                    attempt.tx_hash,
+                    block,
+                    gas_limit=tracked.gas,
+                    gas_used=gas_used,
                 )
-            logger.info("%s %s in block %d", where, outcome.status.value, block)
+            else:
+                needed, data = await self._replay(tracked, block)
+                status = TxStatus.REVERTED if needed is None else TxStatus.OUT_OF_GAS
+                outcome = TxOutcome(
+                    status,
+                    tracked.nonce,
+                    attempt.tx_hash,
+                    block,
+                    data,
+                    "reverted" if needed is None else f"out of gas (needs {needed})",
+                    gas_limit=tracked.gas,
+                    gas_used=gas_used,
+                    gas_needed=needed,
+                )
+            logger.info(
+                "%s %s in block %d (gas used %s of %d)",
+                where,
+                outcome.status.value,
+                block,
+                gas_used,
+                tracked.gas,
+            )
             tracked.resolve(outcome)
             return
         tracked.missing_receipts += 1
@@ -227,15 +259,37 @@ class InFlight:
             )
             tracked.resolve(TxOutcome(TxStatus.FAILED, tracked.nonce, detail="nonce taken"))
 
-    async def _replay(self, tracked: Tracked, block: int) -> bytes | None:
-        """The revert data of a tx that failed on chain, by calling it again at its block."""
-        call: dict[str, Any] = {"from": tracked.account.address, "to": tracked.to}
-        call["data"] = tracked.data
+    async def _replay(self, tracked: Tracked, block: int) -> tuple[int | None, bytes | None]:
+        """Why a tx failed on chain: (gas it needs, None) when it ran out of gas, else (None, its
+        revert data).
+
+        An out-of-gas in an inner call (the job owner's callback gets all the gas left) makes
+        its caller revert with empty data and return the 1/64 it kept: the receipt shows gas
+        used *below* the limit, so the limit is no tell. The call is estimated again on the
+        state before its block: if it needs about the limit or more there, it ran out of gas.
+        Otherwise it is called on the state after its block: a revert there is the contract's
+        answer; a success means it would land now (an earlier tx of its block was in the way),
+        which is worth sending again too."""
+        sender = tracked.account.address
+        estimate_call = {"from": sender, "to": tracked.to, "data": "0x" + tracked.data.hex()}
+        needed: int | None = None
+        try:
+            answer = await raw.call(self._w3, "eth_estimateGas", [estimate_call, hex(block - 1)])
+            needed = raw.quantity(answer, "gas estimate")
+        except Exception as e:
+            data = revert_data(e)
+            if data is not None:
+                return None, data
+        if needed is not None and needed >= tracked.gas * 63 // 64:
+            return needed, None
+        call: dict[str, Any] = {"from": sender, "to": tracked.to, "data": tracked.data}
         try:
             await self._w3.eth.call(call, block)  # type: ignore[arg-type]
         except Exception as e:
-            return revert_data(e)
-        return None
+            return None, revert_data(e)
+        if needed is None:
+            return None, None  # cannot tell: taken as the contract's refusal
+        return needed, None
 
     async def _check_pending(self, tracked: Tracked) -> None:
         head = self._head.latest

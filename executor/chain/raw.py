@@ -59,8 +59,9 @@ async def nonce(w3: AsyncWeb3, address: str, block: str) -> int:
     return quantity(await call(w3, "eth_getTransactionCount", [address, block]), "nonce")
 
 
-async def receipt(w3: AsyncWeb3, tx_hash: str) -> tuple[int, bool] | None:
-    """(block number, succeeded) of a mined transaction; ``None`` if the node has no receipt."""
+async def receipt(w3: AsyncWeb3, tx_hash: str) -> tuple[int, bool, int | None] | None:
+    """(block number, succeeded, gas used) of a mined transaction; ``None`` if the node has no
+    receipt (gas used is None if the node omits it)."""
     found = await call(w3, "eth_getTransactionReceipt", [tx_hash])
     if found is None:
         return None
@@ -69,7 +70,9 @@ async def receipt(w3: AsyncWeb3, tx_hash: str) -> tuple[int, bool] | None:
     if found.get("blockNumber") is None:
         return None  # some nodes answer pending transactions with a receipt without a block
     block = quantity(found.get("blockNumber"), "receipt blockNumber")
-    return block, quantity(found.get("status"), "receipt status") == 1
+    used = found.get("gasUsed")
+    gas_used = None if used is None else quantity(used, "receipt gasUsed")
+    return block, quantity(found.get("status"), "receipt status") == 1, gas_used
 
 
 async def transaction_block(w3: AsyncWeb3, tx_hash: str) -> int | bool | None:

@@ -1,11 +1,18 @@
 """The transaction manager: the one owner of the executor's gas account.
 
 ``TxManager.submit`` signs and broadcasts a call at once and returns when its fate is known. The
-critical path of an output is: nonce from local bookkeeping -> fees already known (``ChainHead``)
--> sign -> ``eth_sendRawTransaction`` to every endpoint: one round trip. Nothing waits for an
-earlier transaction's receipt. Gas is estimated (``eth_estimateGas``) only when the caller asks
-for a pre-check: slashes, which several executors race for and which would otherwise revert on
-chain; an output's gas is a bound computed from its calldata size.
+critical path of an output is: ``eth_estimateGas`` of its exact calldata -> nonce from local
+bookkeeping -> fees already known (``ChainHead``) -> sign -> ``eth_sendRawTransaction`` to every
+endpoint: two round trips. Nothing waits for an earlier transaction's receipt.
+
+Gas. The production Jobs contract calls the job owner's callback with all the gas that remains, so
+no bound computed from the calldata fits every job: every output and slash is estimated, and gets
+``GAS_MARGIN`` of the estimate, at least the caller's floor and at most its ceiling (the operator's
+``max_job_gas``). A call whose estimate is above the ceiling is not sent (``OVER_CEILING``); one
+whose estimate reverts is not sent either (``REVERTED``: a slash already settled costs nothing).
+A transaction that reverted on chain because it ran out of gas (in an inner call, its receipt
+shows gas used below the limit) is recognised by ``InFlight`` and sent again, on a new nonce, with
+more gas while its window is open, up to ``OUT_OF_GAS_RETRIES`` times.
 
 One background loop (``start``/``close``) reads the head each poll and hands the in-flight
 transactions to ``InFlight`` (receipts, replacements, re-sends, withdrawals). Transient RPC errors
@@ -49,10 +56,22 @@ TxKind = Literal["output", "slash"]
 
 NOOP_GAS = 21_000
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 5, 4
-"""Pre-checked transactions get 125% of the estimate."""
+"""Estimated transactions get 125% of the estimate (the state may change before they are mined:
+another executor's output first, a callback whose cost depends on storage)."""
+DEFAULT_GAS_CEILING = 30_000_000
+"""The default ``max_job_gas``: one block's gas on most chains; a callback storing a 20 KiB output
+measured ~14.4M on the production contracts."""
+OUT_OF_GAS_RETRIES = 3
+"""A transaction that ran out of gas is sent again at most this many times."""
 FUNDS_REPORT_INTERVAL_S = 60.0
 SEND_ATTEMPTS = 3
 PRECHECK_RETRY_S = 10.0
+
+
+def _out_of_gas_error(error: BaseException) -> bool:
+    """An ``eth_estimateGas`` refusal that says the call needs more gas than it was allowed."""
+    text = str(error).lower()
+    return "out of gas" in text or "gas required exceeds" in text or "exceeds allowance" in text
 
 
 def account_from_key(hex_key: str) -> LocalAccount:
@@ -159,21 +178,78 @@ class TxManager:
         job_id: int,
         valid_until: float | None,
         gas_limit: int | None = None,
+        gas_floor: int = 0,
+        gas_ceiling: int = DEFAULT_GAS_CEILING,
     ) -> TxOutcome:
         """Send a call and wait until it is mined, refused or useless (``valid_until``, chain
         time, passed).
 
-        ``gas_limit=None`` pre-checks the call with ``eth_estimateGas`` (a refusal then sends
-        nothing); a given bound skips that round trip. Cancelling the caller while the tx is
-        pending withdraws it (same nonce, a no-op): then CancelledError propagates as usual.
-        Every outcome is counted in the ``transactions_total`` metric.
+        ``gas_limit=None`` estimates the call (``eth_estimateGas`` on the pending block): a
+        refusal then sends nothing, an estimate above ``gas_ceiling`` gives ``OVER_CEILING``
+        (``gas_needed`` says how much), else the limit is ``GAS_MARGIN`` of the estimate, within
+        [``gas_floor``, ``gas_ceiling``]. A given ``gas_limit`` skips the estimate (and the
+        out-of-gas re-sends). Cancelling the caller while the tx is pending withdraws it (same
+        nonce, a no-op): then CancelledError propagates as usual. Every outcome is counted in the
+        ``transactions_total`` metric (an out-of-gas revert as result ``out-of-gas``, each time).
         """
         try:
-            outcome = await self._submit(to, data, kind, job_id, valid_until, gas_limit)
+            outcome = await self._submit_fitting(
+                to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling
+            )
         except asyncio.CancelledError:
             self._metrics.transaction(kind, "withdrawn")
             raise
         self._metrics.transaction(kind, outcome.status.value)
+        return outcome
+
+    async def _submit_fitting(
+        self,
+        to: str,
+        data: bytes,
+        kind: TxKind,
+        job_id: int,
+        valid_until: float | None,
+        gas_limit: int | None,
+        gas_floor: int,
+        gas_ceiling: int,
+    ) -> TxOutcome:
+        """``_submit``, sent again with more gas after each out-of-gas revert (window open)."""
+        fixed = gas_limit is not None
+        outcome = await self._submit(
+            to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling
+        )
+        tries = 0
+        while outcome.status is TxStatus.OUT_OF_GAS:
+            self._metrics.transaction(kind, outcome.status.value)
+            label = f"job {job_id} {kind}"
+            last_limit = outcome.gas_limit or 0
+            if fixed or tries >= OUT_OF_GAS_RETRIES or last_limit >= gas_ceiling:
+                logger.error(
+                    "%s: tx %s ran out of gas (limit %d, needs %s; ceiling max_job_gas=%d): "
+                    "not sent again",
+                    label,
+                    outcome.tx_hash,
+                    last_limit,
+                    outcome.gas_needed or "?",
+                    gas_ceiling,
+                )
+                return outcome
+            if valid_until is not None and self.chain_now() > valid_until:
+                return outcome
+            tries += 1
+            # At least half as much again as the limit that failed, whatever the new estimate.
+            floor = max(gas_floor, last_limit * 3 // 2, (outcome.gas_needed or 0))
+            logger.warning(
+                "%s: tx %s ran out of gas (limit %d, needs %s): sending again with at least %d",
+                label,
+                outcome.tx_hash,
+                last_limit,
+                outcome.gas_needed or "?",
+                min(floor, gas_ceiling),
+            )
+            outcome = await self._submit(
+                to, data, kind, job_id, valid_until, None, min(floor, gas_ceiling), gas_ceiling
+            )
         return outcome
 
     async def _submit(
@@ -184,6 +260,8 @@ class TxManager:
         job_id: int,
         valid_until: float | None,
         gas_limit: int | None,
+        gas_floor: int = 0,
+        gas_ceiling: int = DEFAULT_GAS_CEILING,
     ) -> TxOutcome:
         label = f"job {job_id} {kind}"
         account = self._account
@@ -203,10 +281,17 @@ class TxManager:
             logger.info("%s: not sent: its window closed at chain time %.0f", label, valid_until)
             return TxOutcome(TxStatus.EXPIRED, detail="window closed before sending")
         if gas_limit is None:
-            estimate = await self._precheck(account, to, data, label, valid_until)
+            estimate = await self._precheck(account, to, data, label, valid_until, gas_ceiling)
             if isinstance(estimate, TxOutcome):
                 return estimate
-            gas_limit = estimate
+            if estimate > gas_ceiling:
+                return TxOutcome(
+                    TxStatus.OVER_CEILING,
+                    gas_needed=estimate,
+                    detail=f"needs {estimate} gas, above max_job_gas={gas_ceiling}",
+                )
+            with_margin = estimate * GAS_MARGIN_NUM // GAS_MARGIN_DEN
+            gas_limit = min(gas_ceiling, max(gas_floor, with_margin))
         tracked = Tracked(label, account, -1, to, data, gas_limit, valid_until, job_id=job_id)
         send = asyncio.ensure_future(self._send_first(tracked))
         try:
@@ -231,24 +316,44 @@ class TxManager:
             self._inflight.withdraw(tracked, "cancelled")
 
     async def _precheck(
-        self, account: LocalAccount, to: str, data: bytes, label: str, valid_until: float | None
+        self,
+        account: LocalAccount,
+        to: str,
+        data: bytes,
+        label: str,
+        valid_until: float | None,
+        gas_ceiling: int,
     ) -> int | TxOutcome:
-        """The gas for the call, or its refusal (nothing is sent then)."""
-        call: dict[str, Any] = {"from": account.address, "to": to, "data": data}
+        """The estimated gas of the call (no margin), or its refusal (nothing is sent then).
+
+        The estimate is capped a little above the ceiling (the node searches no higher), so an
+        estimate of ``gas_ceiling + 1`` or more means "above the ceiling" whatever the true cost.
+        A node that keeps failing to estimate leaves the call the ceiling (it is sent rather than
+        lost: only the gas used is paid)."""
+        cap = gas_ceiling * GAS_MARGIN_NUM // GAS_MARGIN_DEN
+        call: dict[str, Any] = {"from": account.address, "to": to, "data": data, "gas": cap}
         give_up = time.monotonic() + PRECHECK_RETRY_S
         while True:
+            started = time.perf_counter()
             try:
                 # Against the pending block: its timestamp is the chain time the tx will see.
                 gas = await self._w3.eth.estimate_gas(call, "pending")  # type: ignore[arg-type]
-                return gas * GAS_MARGIN_NUM // GAS_MARGIN_DEN
+                self._metrics.gas_estimate(time.perf_counter() - started)
+                return gas
             except Exception as e:
                 failure = classify_rpc_error(e)
-                if failure is RpcFailure.REVERT:
+                if failure is RpcFailure.REVERT or _out_of_gas_error(e):
+                    if _out_of_gas_error(e):
+                        # Even the cap was not enough: the call needs more than the ceiling.
+                        return cap + 1
                     return TxOutcome(TxStatus.REVERTED, revert_data=revert_data(e), detail=str(e))
                 expired = valid_until is not None and self.chain_now() > valid_until
-                if failure is not RpcFailure.TRANSIENT or time.monotonic() > give_up or expired:
+                if failure is not RpcFailure.TRANSIENT or expired:
                     logger.warning("%s: pre-check failed, not sent: %s", label, e)
                     return TxOutcome(TxStatus.FAILED, detail=f"pre-check failed: {e}")
+                if time.monotonic() > give_up:
+                    logger.warning("%s: gas not estimated (%s): sent with the ceiling", label, e)
+                    return gas_ceiling
                 logger.info("%s: pre-check failed (%s); retrying", label, e)
                 await asyncio.sleep(0.5)
 
