@@ -15,6 +15,8 @@ import solc from "solc";
 const CONTRACTS = dirname(fileURLToPath(import.meta.url));
 const SOURCE_DIRS = ["interfaces", "devnet"];
 const CONTRACT_NAMES = ["Jobs", "TeeManager", "UserCode"];
+/** Devnet contracts without an interface of the executor's (samples for dApp developers). */
+const DEVNET_ONLY = ["OysterConsumer"];
 
 function readSources() {
   const sources = {};
@@ -83,8 +85,15 @@ function main() {
       if (writeJson(path, value)) written.push(path);
     }
   }
+  for (const name of DEVNET_ONLY) {
+    const devnet = contractOutput(contracts, `devnet/${name}.sol`, name);
+    const path = join(CONTRACTS, "devnet", "build", `${name}.json`);
+    if (writeJson(path, { abi: devnet.abi, bytecode: `0x${devnet.evm.bytecode.object}` })) {
+      written.push(path);
+    }
+  }
   const summary = written.length ? `updated ${written.length} file(s)` : "no changes";
-  process.stdout.write(`solc ${solc.version()}: compiled ${CONTRACT_NAMES.join(", ")}; ${summary}\n`);
+  process.stdout.write(`solc ${solc.version()}: compiled ${[...CONTRACT_NAMES, ...DEVNET_ONLY].join(", ")}; ${summary}\n`);
   for (const path of written) process.stdout.write(`  ${relative(process.cwd(), path)}\n`);
 }
 

@@ -26,6 +26,8 @@ from executor.chain.events import JobCreated
 from executor.chain.jobs_contract import (
     Refusal,
     classify_revert,
+    failure_callback_calldata,
+    result_callback_calldata,
     sign_output,
     slash_calldata,
     submit_output_calldata,
@@ -204,6 +206,14 @@ class JobRunner:
             valid_until=valid_until,
             gas_floor=submit_output_gas_bound(data),
             gas_ceiling=self._ctx.max_job_gas,
+            callback=None
+            if owner is None
+            else (
+                owner,
+                result_callback_calldata(
+                    job_id, outcome.output, int(outcome.error_code), outcome.total_time_ms
+                ),
+            ),
         )
         if sent.mined:
             logger.debug(
@@ -241,9 +251,10 @@ class Slasher:
         self._jobs_contract = jobs_contract
         self._max_job_gas = max_job_gas
 
-    async def slash(self, job_id: int) -> TxOutcome:
+    async def slash(self, job_id: int, owner: str | None = None) -> TxOutcome:
         """Slash ``job_id``; retried only while the contract says "not due yet". A job already
-        settled (slashed by another node, or complete) ends at once, at INFO."""
+        settled (slashed by another node, or complete) ends at once, at INFO. ``owner``, the job
+        owner, gets the contract's failure callback: its gas is estimated too."""
         label = f"job {job_id} slashOnExecutionTimeout"
         give_up = self._txm.chain_now() + SLASH_RETRY_S
         while True:
@@ -254,6 +265,7 @@ class Slasher:
                 job_id=job_id,
                 valid_until=give_up,
                 gas_ceiling=self._max_job_gas,
+                callback=None if owner is None else (owner, failure_callback_calldata(job_id)),
             )
             if sent.mined:
                 logger.info("%s: slashed in tx %s (nonce %s)", label, sent.tx_hash, sent.nonce)

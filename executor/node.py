@@ -447,6 +447,12 @@ class ChainFollower:
         logger.info("job %d: selected (tx %s); executing", event.job_id, event.position.tx_hash)
         tracked.task = self._tasks.spawn(self._run_job(event), name=f"job-{event.job_id}")
 
+    def job_owner(self, job_id: int) -> str | None:
+        """The owner of ``job_id`` as its JobCreated said (None if unknown)."""
+        key = self._current.get(job_id)
+        tracked = self._jobs.get(key) if key is not None else None
+        return None if tracked is None else tracked.job.job_owner
+
     async def own_output(self, job_id: int) -> bool | None:
         """Whether this node's output of ``job_id`` landed: None when it was not selected (or
         the job is unknown), else waits for the job's execution to end and says whether its

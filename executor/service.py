@@ -198,7 +198,8 @@ class ExecutorService:
                 job_id,
             )
             return False
-        return (await self._slasher.slash(job_id)).mined
+        owner = self.follower.job_owner(job_id)
+        return (await self._slasher.slash(job_id, owner)).mined
 
     # --- jobs and health -------------------------------------------------------------------------
 

@@ -7,7 +7,11 @@ import {Eip712, TeeManager} from "./TeeManager.sol";
 /// @title A development Jobs contract: job creation, output submission and timeout slashing.
 /// @notice Output signatures, the submission window and the signature age are checked exactly as in
 /// production; there is no payment or stake, and selection is simply the first active nodes of the
-/// environment (or an explicit list, so that tests can create jobs nobody answers).
+/// environment that have a free job slot (or an explicit list, so that tests can create jobs nobody
+/// answers). Where a daemon or a dApp can tell, it behaves like production: job ids start at 0,
+/// `totalTime` is clamped to the deadline, the first output calls the job owner's
+/// `oysterResultCall` and a slash of an unanswered job its `oysterFailureCall`, each with all the
+/// gas that remains, and a submission costs gas of the same order (see SETTLEMENT_SLOTS).
 contract Jobs is IJobs {
     string public constant DOMAIN_NAME = "marlin.oyster.Jobs";
     bytes32 public constant SUBMIT_OUTPUT_TYPEHASH = keccak256(
@@ -35,13 +39,28 @@ contract Jobs is IJobs {
     uint8 private constant SELECTED = 1;
     uint8 private constant RESPONDED = 2;
 
-    /// @notice The id of the last job created; ids start at 1.
+    /// @notice Storage slots written per accepted output, standing in for production's payments
+    /// and the executor's release and reputation update (~300k gas there): a gas bound tuned on
+    /// this contract must not be one that fails on production.
+    uint256 public constant SETTLEMENT_SLOTS = 12;
+
+    /// @notice The number of jobs created, which is the next job's id: ids start at 0.
     uint256 public jobCount;
+    /// @notice Jobs created by `createJob` (not `createJobWithExecutors`) and not yet answered or
+    /// slashed, per executor; `createJob` selects only executors below their job capacity.
+    mapping(address => uint256) public activeJobs;
+    mapping(uint256 => bool) private reserved;
+    mapping(uint256 => mapping(address => mapping(uint256 => uint256))) private settlements;
+
+    event JobResultCallbackCalled(uint256 indexed jobId, bool success);
+    event JobFailureCallbackCalled(uint256 indexed jobId, bool success);
     mapping(uint256 => Job) private jobs;
     mapping(uint256 => mapping(address => uint8)) private executorStatus;
 
     error JobsInvalidNoOfNodesToSelect(uint256 noOfNodesToSelect);
     error JobsNoActiveNodes(uint8 env);
+    error JobsExecutorsUnavailable(uint8 env);
+    error JobsNotSelf(address caller);
     error JobsNoExecutors();
     error JobsTooManyExecutors(uint256 count);
     error JobsDuplicateExecutor(address executor);
@@ -71,7 +90,8 @@ contract Jobs is IJobs {
         SIGN_MAX_AGE = signMaxAge;
     }
 
-    /// @notice Creates a job for the first NO_OF_NODES_TO_SELECT active nodes of `env`.
+    /// @notice Creates a job for the first NO_OF_NODES_TO_SELECT active nodes of `env` that have a
+    /// free job slot (fewer if fewer are free; none free reverts, as production does).
     /// @param deadline the execution deadline in milliseconds
     function createJob(
         uint8 env,
@@ -82,12 +102,20 @@ contract Jobs is IJobs {
     ) external returns (uint256 jobId) {
         address[] memory active = TEE_MANAGER.nodesOfEnv(env);
         if (active.length == 0) revert JobsNoActiveNodes(env);
-        uint256 count = active.length < NO_OF_NODES_TO_SELECT ? active.length : NO_OF_NODES_TO_SELECT;
+        address[] memory free = new address[](active.length);
+        uint256 count;
+        for (uint256 i; i < active.length && count < NO_OF_NODES_TO_SELECT; ++i) {
+            (, uint256 jobCapacity,,,) = TEE_MANAGER.getTeeNode(active[i]);
+            if (activeJobs[active[i]] < jobCapacity) free[count++] = active[i];
+        }
+        if (count == 0) revert JobsExecutorsUnavailable(env);
         address[] memory selected = new address[](count);
         for (uint256 i; i < count; ++i) {
-            selected[i] = active[i];
+            selected[i] = free[i];
+            ++activeJobs[free[i]];
         }
-        return _createJob(env, secretId, codehash, codeInputs, deadline, selected);
+        jobId = _createJob(env, secretId, codehash, codeInputs, deadline, selected);
+        reserved[jobId] = true;
     }
 
     /// @notice Creates a job for the named executors, registered or not (for tests).
@@ -129,8 +157,31 @@ contract Jobs is IJobs {
         if (!TEE_MANAGER.isActive(signer)) revert JobsExecutorNotActive(signer);
 
         executorStatus[_jobId][signer] = RESPONDED;
+        if (reserved[_jobId]) --activeJobs[signer];
         uint8 outputCount = ++job.outputCount;
-        emit JobResponded(_jobId, signer, _output, _totalTime, _errorCode, outputCount);
+        uint256 totalTime = _totalTime > job.deadline ? job.deadline : _totalTime;
+        emit JobResponded(_jobId, signer, _output, totalTime, _errorCode, outputCount);
+        if (outputCount == 1) {
+            // All the gas left, as production: the job owner's callback decides what an output costs.
+            (bool success,) = job.jobOwner.call(
+                abi.encodeWithSignature(
+                    "oysterResultCall(uint256,bytes,uint8,uint256)", _jobId, _output, _errorCode, totalTime
+                )
+            );
+            emit JobResultCallbackCalled(_jobId, success);
+        }
+        // After the callback, in an inner call as production's payments and executor release: a
+        // callback that ate the gas makes that call run out, and the whole transaction revert
+        // with gas used below its limit (the 1/64 kept is returned), not just the callback.
+        this.settle(_jobId, signer);
+    }
+
+    /// @notice The bookkeeping of one accepted output; only this contract may call it.
+    function settle(uint256 jobId, address executor) external {
+        if (msg.sender != address(this)) revert JobsNotSelf(msg.sender);
+        for (uint256 i; i < SETTLEMENT_SLOTS; ++i) {
+            settlements[jobId][executor][i] = block.timestamp + i;
+        }
     }
 
     /// @notice After the window closed, emits SlashedOnExecutionTimeout once per selected executor
@@ -141,12 +192,23 @@ contract Jobs is IJobs {
         if (!_windowClosed(job)) revert JobsDeadlineNotOver(_jobId);
         address[] memory selected = job.selectedExecutors;
         if (job.outputCount == selected.length) revert JobsNothingToSlash(_jobId);
+        bool unanswered = job.outputCount == 0;
+        address jobOwner = job.jobOwner;
+        bool release = reserved[_jobId];
         for (uint256 i; i < selected.length; ++i) {
             if (executorStatus[_jobId][selected[i]] != RESPONDED) {
+                if (release) --activeJobs[selected[i]];
                 emit SlashedOnExecutionTimeout(_jobId, selected[i]);
             }
         }
         delete jobs[_jobId];
+        delete reserved[_jobId];
+        if (unanswered) {
+            // The second argument is the slashed stake paid to the owner: there is none here.
+            (bool success,) =
+                jobOwner.call(abi.encodeWithSignature("oysterFailureCall(uint256,uint256)", _jobId, 0));
+            emit JobFailureCallbackCalled(_jobId, success);
+        }
     }
 
     /// @notice The job's state; reverts with JobsJobNotFound for an unknown or slashed job.
@@ -178,7 +240,7 @@ contract Jobs is IJobs {
         uint256 deadline,
         address[] memory selected
     ) private returns (uint256 jobId) {
-        jobId = ++jobCount;
+        jobId = jobCount++;
         for (uint256 i; i < selected.length; ++i) {
             if (executorStatus[jobId][selected[i]] != 0) revert JobsDuplicateExecutor(selected[i]);
             executorStatus[jobId][selected[i]] = SELECTED;

@@ -97,6 +97,17 @@ class SlashEvent:
     block_number: int
 
 
+@dataclass(frozen=True)
+class ConsumerResult:
+    """What an ``OysterConsumer`` stored for one job."""
+
+    received: bool
+    failed: bool
+    error_code: int
+    total_time_ms: int
+    output: bytes
+
+
 class Devnet:
     """The deployed devnet contracts, with helpers to drive them.
 
@@ -341,6 +352,59 @@ class Devnet:
         """The next mined block gets exactly ``timestamp`` (s); later blocks continue from it."""
         await self._rpc("evm_setNextBlockTimestamp", [timestamp])
 
+    # --- the sample consumer (contracts/devnet/OysterConsumer.sol) --------------------------------
+
+    async def deploy_consumer(self, deployer: DevAccount) -> AsyncContract:
+        """A new ``OysterConsumer`` that creates jobs on this devnet's Jobs contract."""
+        address = await _deploy(self.w3, self.sender, deployer, "OysterConsumer", self.jobs.address)
+        return self.consumer(address)
+
+    def consumer(self, address: str) -> AsyncContract:
+        consumer = _contract(self.w3, "OysterConsumer", address)
+        self._names[consumer.address] = "OysterConsumer"
+        return consumer
+
+    async def consumer_request(
+        self,
+        sender: DevAccount,
+        consumer: AsyncContract,
+        *,
+        codehash: str | bytes,
+        code_inputs: bytes,
+        deadline_ms: int,
+    ) -> int:
+        """Has ``consumer`` create a job it owns (env 1); returns the job id."""
+        receipt = await self._transact(
+            sender, consumer, "request", HexBytes(codehash), code_inputs, deadline_ms
+        )
+        (log,) = self._logs(receipt, self.jobs, "JobCreated")
+        return int(log["args"]["jobId"])
+
+    async def set_consumer_behaviour(
+        self, sender: DevAccount, consumer: AsyncContract, *, burn_gas: int = 0, fail: bool = False
+    ) -> None:
+        """Make the consumer's callbacks burn ``burn_gas`` and/or revert."""
+        await self._transact(sender, consumer, "setBehaviour", burn_gas, fail)
+
+    async def consumer_result(self, consumer: AsyncContract, job_id: int) -> ConsumerResult:
+        received, failed, error_code, total_time, output = await consumer.functions.resultOf(
+            job_id
+        ).call()
+        return ConsumerResult(
+            bool(received), bool(failed), int(error_code), int(total_time), bytes(output)
+        )
+
+    async def callback_events(self, job_id: int) -> list[tuple[str, bool]]:
+        """("result" | "failure", success) of every callback the Jobs contract made for the job."""
+        found = []
+        for name, event in (
+            ("result", "JobResultCallbackCalled"),
+            ("failure", "JobFailureCallbackCalled"),
+        ):
+            for log in await self._get_logs(self.jobs, event, job_id):
+                found.append((name, bool(log["args"]["success"])))
+        return found
+
     # --- internals ------------------------------------------------------------------------------
 
     async def _transact(
@@ -434,7 +498,7 @@ async def _deploy(
 @cache
 def devnet_reverts() -> RevertDecoder:
     """Decodes the custom errors of every devnet contract (a Jobs call may revert in TeeManager)."""
-    return RevertDecoder(load_artifact(name)[0] for name in CONTRACT_NAMES)
+    return RevertDecoder(load_artifact(name)[0] for name in (*CONTRACT_NAMES, "OysterConsumer"))
 
 
 def _contract(w3: AsyncWeb3[Any], name: str, address: str) -> AsyncContract:

@@ -102,6 +102,26 @@ def submit_output_gas_bound(calldata: bytes) -> int:
     return SUBMIT_OUTPUT_GAS_BASE + SUBMIT_OUTPUT_GAS_PER_BYTE * len(calldata)
 
 
+RESULT_CALLBACK_SELECTOR = function_signature_to_4byte_selector(
+    "oysterResultCall(uint256,bytes,uint8,uint256)"
+)
+FAILURE_CALLBACK_SELECTOR = function_signature_to_4byte_selector(
+    "oysterFailureCall(uint256,uint256)"
+)
+
+
+def result_callback_calldata(job_id: int, output: bytes, error_code: int, total_time: int) -> bytes:
+    """What the Jobs contract calls the job owner with on the first output."""
+    return RESULT_CALLBACK_SELECTOR + encode(
+        ["uint256", "bytes", "uint8", "uint256"], [job_id, output, error_code, total_time]
+    )
+
+
+def failure_callback_calldata(job_id: int, slashed: int = 0) -> bytes:
+    """What the Jobs contract calls the job owner with when an unanswered job is slashed."""
+    return FAILURE_CALLBACK_SELECTOR + encode(["uint256", "uint256"], [job_id, slashed])
+
+
 def slash_calldata(job_id: int) -> bytes:
     return SLASH_SELECTOR + encode(["uint256"], [job_id])
 

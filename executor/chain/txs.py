@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["Head", "TxKind", "TxManager", "TxOutcome", "TxStatus", "account_from_key"]
 
 TxKind = Literal["output", "slash"]
+Callback = tuple[str, bytes]
+"""(job owner, calldata): the call the contract makes to the owner with all the gas left."""
 
 NOOP_GAS = 21_000
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 5, 4
@@ -180,6 +182,7 @@ class TxManager:
         gas_limit: int | None = None,
         gas_floor: int = 0,
         gas_ceiling: int = DEFAULT_GAS_CEILING,
+        callback: Callback | None = None,
     ) -> TxOutcome:
         """Send a call and wait until it is mined, refused or useless (``valid_until``, chain
         time, passed).
@@ -187,14 +190,18 @@ class TxManager:
         ``gas_limit=None`` estimates the call (``eth_estimateGas`` on the pending block): a
         refusal then sends nothing, an estimate above ``gas_ceiling`` gives ``OVER_CEILING``
         (``gas_needed`` says how much), else the limit is ``GAS_MARGIN`` of the estimate, within
-        [``gas_floor``, ``gas_ceiling``]. A given ``gas_limit`` skips the estimate (and the
-        out-of-gas re-sends). Cancelling the caller while the tx is pending withdraws it (same
-        nonce, a no-op): then CancelledError propagates as usual. Every outcome is counted in the
+        [``gas_floor``, ``gas_ceiling``]. ``callback`` (the job owner and the calldata the
+        contract will call it with) is estimated at the same time, from the contract's address:
+        the transaction's own estimate is the least gas with which it does not revert, and a
+        callback that fails does not make it revert, so alone it can starve the callback. A given
+        ``gas_limit`` skips the estimate (and the out-of-gas re-sends). Cancelling the caller
+        while the tx is pending withdraws it (same nonce, a no-op): then CancelledError
+        propagates as usual. Every outcome is counted in the
         ``transactions_total`` metric (an out-of-gas revert as result ``out-of-gas``, each time).
         """
         try:
             outcome = await self._submit_fitting(
-                to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling
+                to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling, callback
             )
         except asyncio.CancelledError:
             self._metrics.transaction(kind, "withdrawn")
@@ -212,11 +219,12 @@ class TxManager:
         gas_limit: int | None,
         gas_floor: int,
         gas_ceiling: int,
+        callback: Callback | None,
     ) -> TxOutcome:
         """``_submit``, sent again with more gas after each out-of-gas revert (window open)."""
         fixed = gas_limit is not None
         outcome = await self._submit(
-            to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling
+            to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling, callback
         )
         tries = 0
         while outcome.status is TxStatus.OUT_OF_GAS:
@@ -248,7 +256,15 @@ class TxManager:
                 min(floor, gas_ceiling),
             )
             outcome = await self._submit(
-                to, data, kind, job_id, valid_until, None, min(floor, gas_ceiling), gas_ceiling
+                to,
+                data,
+                kind,
+                job_id,
+                valid_until,
+                None,
+                min(floor, gas_ceiling),
+                gas_ceiling,
+                callback,
             )
         return outcome
 
@@ -262,6 +278,7 @@ class TxManager:
         gas_limit: int | None,
         gas_floor: int = 0,
         gas_ceiling: int = DEFAULT_GAS_CEILING,
+        callback: Callback | None = None,
     ) -> TxOutcome:
         label = f"job {job_id} {kind}"
         account = self._account
@@ -281,9 +298,14 @@ class TxManager:
             logger.info("%s: not sent: its window closed at chain time %.0f", label, valid_until)
             return TxOutcome(TxStatus.EXPIRED, detail="window closed before sending")
         if gas_limit is None:
-            estimate = await self._precheck(account, to, data, label, valid_until, gas_ceiling)
+            # Both estimates at once: one round trip on the critical path.
+            estimate, extra = await asyncio.gather(
+                self._precheck(account, to, data, label, valid_until, gas_ceiling),
+                self._callback_gas(to, callback),
+            )
             if isinstance(estimate, TxOutcome):
                 return estimate
+            estimate += extra
             if estimate > gas_ceiling:
                 return TxOutcome(
                     TxStatus.OVER_CEILING,
@@ -326,12 +348,12 @@ class TxManager:
     ) -> int | TxOutcome:
         """The estimated gas of the call (no margin), or its refusal (nothing is sent then).
 
-        The estimate is capped a little above the ceiling (the node searches no higher), so an
-        estimate of ``gas_ceiling + 1`` or more means "above the ceiling" whatever the true cost.
-        A node that keeps failing to estimate leaves the call the ceiling (it is sent rather than
-        lost: only the gas used is paid)."""
-        cap = gas_ceiling * GAS_MARGIN_NUM // GAS_MARGIN_DEN
-        call: dict[str, Any] = {"from": account.address, "to": to, "data": data, "gas": cap}
+        The node searches up to its own cap (the block's gas limit), not ``gas_ceiling``: with a
+        lower cap an inner call's out-of-gas reads as a revert without data. An estimate the
+        node cannot make (out of gas at its cap) counts as above the ceiling. A node that keeps
+        failing to answer leaves the call the ceiling (it is sent rather than lost: only the gas
+        used is paid)."""
+        call: dict[str, Any] = {"from": account.address, "to": to, "data": data}
         give_up = time.monotonic() + PRECHECK_RETRY_S
         while True:
             started = time.perf_counter()
@@ -342,10 +364,9 @@ class TxManager:
                 return gas
             except Exception as e:
                 failure = classify_rpc_error(e)
-                if failure is RpcFailure.REVERT or _out_of_gas_error(e):
-                    if _out_of_gas_error(e):
-                        # Even the cap was not enough: the call needs more than the ceiling.
-                        return cap + 1
+                if _out_of_gas_error(e):
+                    return max(gas_ceiling + 1, await self._gas_cap())
+                if failure is RpcFailure.REVERT:
                     return TxOutcome(TxStatus.REVERTED, revert_data=revert_data(e), detail=str(e))
                 expired = valid_until is not None and self.chain_now() > valid_until
                 if failure is not RpcFailure.TRANSIENT or expired:
@@ -356,6 +377,30 @@ class TxManager:
                     return gas_ceiling
                 logger.info("%s: pre-check failed (%s); retrying", label, e)
                 await asyncio.sleep(0.5)
+
+    async def _callback_gas(self, caller: str, callback: Callback | None) -> int:
+        """Gas the job owner's callback needs beyond what it is given when it fails, as the
+        caller (the Jobs contract) will call it: its estimate less the intrinsic cost of a
+        transaction (the inner call pays none), times 64/63 (the caller keeps 1/64). 0 when the
+        owner has no code to run, when the callback reverts anyway, or the node cannot tell."""
+        if callback is None:
+            return 0
+        owner, data = callback
+        call: dict[str, Any] = {"from": caller, "to": owner, "data": data}
+        try:
+            gas = await self._w3.eth.estimate_gas(call, "pending")  # type: ignore[arg-type]
+        except Exception:
+            return 0
+        intrinsic = 21_000 + sum(16 if b else 4 for b in data)
+        return max(0, gas - intrinsic) * 64 // 63
+
+    async def _gas_cap(self) -> int:
+        """The latest block's gas limit (0 if unknown): what the node's estimate searched up to."""
+        try:
+            block = await self._w3.eth.get_block("latest")
+            return int(block["gasLimit"])
+        except Exception:
+            return 0
 
     async def _send_first(self, tracked: Tracked) -> TxOutcome | None:
         """Assign a nonce and broadcast; None once the tx is tracked (the loop owns it then)."""
