@@ -265,9 +265,8 @@ def ws_url_with_key(url: str, api_key: str) -> str:
     """The websocket URL with the API key put after its last ``/`` (docs/protocol.md §6).
 
     ``wss://host/v2/`` + ``KEY`` gives ``wss://host/v2/KEY``; a URL without a path gets one.
+    An empty key leaves the URL ending in ``/``, as the original executor does.
     """
-    if not api_key:
-        return url
     scheme, _, rest = url.partition("://")
     head = rest.rpartition("/")[0] if "/" in rest else rest
     return f"{scheme}://{head}/{api_key}"

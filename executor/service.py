@@ -106,8 +106,10 @@ class ExecutorService:
 
     # --- the admin API's backend -------------------------------------------------------------
 
-    def ws_rpc_url(self) -> str:
-        return self.settings.ws_url_with_key(self._ws_api_key)
+    def ws_rpc_url(self, *, masked: bool = False) -> str:
+        """The first websocket URL with the API key (``masked``: with ``***`` in its place)."""
+        key = redact.MASK if masked and self._ws_api_key else self._ws_api_key
+        return self.settings.ws_url_with_key(key)
 
     def ws_rpc_urls(self) -> tuple[str, ...]:
         return self.settings.ws_urls_with_key(self._ws_api_key)

@@ -112,6 +112,8 @@ def test_file_errors_are_clear(tmp_path: Path) -> None:
         ("wss://host/v2/OLD", "NEW", "wss://host/v2/NEW"),
         ("ws://127.0.0.1:8545", "abc", "ws://127.0.0.1:8545/abc"),
         ("ws://127.0.0.1:8545/", "", "ws://127.0.0.1:8545/"),
+        ("ws://127.0.0.1:8545", "", "ws://127.0.0.1:8545/"),  # as the original: ends in /
+        ("wss://host/v2/OLD", "", "wss://host/v2/"),
     ],
 )
 def test_ws_api_key_goes_after_the_last_slash(url: str, key: str, expected: str) -> None:

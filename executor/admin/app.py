@@ -34,7 +34,7 @@ class AdminBackend(Protocol):
     owner: str | None
     gas_account: LocalAccount | None
 
-    def ws_rpc_url(self) -> str: ...
+    def ws_rpc_url(self, *, masked: bool = False) -> str: ...
 
     def set_owner(self, owner: str) -> None: ...
 
@@ -134,7 +134,8 @@ async def _tee_details(request: web.Request) -> web.Response:
                 backend.gas_account.address if backend.gas_account else ZERO_ADDRESS
             ),
             "secret_store_gas_address": store_gas,
-            "ws_rpc_url": redact.redact(backend.ws_rpc_url()),  # never the ws API key
+            # Never the ws API key, whatever its length (the redactor leaves short ones alone).
+            "ws_rpc_url": redact.redact(backend.ws_rpc_url(masked=True)),
         }
     )
 
