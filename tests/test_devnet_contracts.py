@@ -378,7 +378,7 @@ async def test_create_job_selects_active_nodes_of_the_env(devnet: Devnet) -> Non
     with pytest.raises(TransactionReverted, match="JobsNoActiveNodes"):
         await new_job(devnet)
 
-    assert (job_a, job_b, job_c) == (1, 2, 3)
+    assert (job_a, job_b, job_c) == (0, 1, 2)  # ids from 0, as production
     selected = [(await existing_job(devnet, j)).selected_executors for j in (job_a, job_b, job_c)]
     assert selected == [(first.address,), (second.address,), (other_env.address,)]
 
@@ -418,7 +418,7 @@ async def test_job_created_event_carries_the_job(devnet: Devnet, w3: AsyncWeb3[A
 async def test_concurrent_transactions_from_one_sender(devnet: Devnet) -> None:
     executor = Enclave.generate().address
     ids = await asyncio.gather(*(new_job(devnet, executors=[executor]) for _ in range(8)))
-    assert sorted(ids) == list(range(1, 9))
+    assert sorted(ids) == list(range(8))  # ids from 0, as production
 
 
 # --- Jobs: outputs ----------------------------------------------------------------------------

@@ -355,8 +355,23 @@ async def test_a_nonce_used_behind_the_managers_back_is_re_read_not_retried_blin
     )
 
 
-@pytest.mark.parametrize("size", [0, MAX_OUTPUT_BYTES])
-async def test_the_output_gas_bound_covers_what_the_contract_uses(
+async def test_the_fixed_gas_bound_is_no_longer_enough_and_the_estimate_is(
+    w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    """The devnet costs what production does for a submission (payments stand-in): the fixed
+    300k + 64/byte bound the daemon once sent with would revert there; the estimate lands."""
+    (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=60_000)
+    now = await devnet.chain_time()
+    signature = sign_output(enclave, job_id, b"", 1, 0, now)
+    data = submit_output_calldata(signature, job_id, b"", 1, 0, now)
+    used = await w3.eth.estimate_gas({"from": GAS.address, "to": devnet.jobs_address, "data": data})
+    assert used > submit_output_gas_bound(data)
+    async with manager(w3, anvil.chain_id) as txm:
+        assert (await submit(runner_for(txm, enclave, devnet), devnet, job_id)).mined
+
+
+@pytest.mark.parametrize("size", [MAX_OUTPUT_BYTES])
+async def test_the_output_gas_bound_covers_the_bytes(
     w3: AsyncWeb3[Any], devnet: Devnet, enclave: EnclaveKey, size: int
 ) -> None:
     (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=60_000)

@@ -5,6 +5,8 @@
   addresses and funded accounts, writes a state file, and runs until Ctrl-C.
 - ``oyster-devnet job CODE.js --input JSON [--secret-id N]``: against a running ``up``, stores the
   code on chain, creates a job and prints each selected executor's JobResponded as it arrives.
+- ``oyster-devnet consumer CODE.js --input JSON [--address A]``: the same job owned by the sample
+  ``OysterConsumer`` contract; prints what its ``oysterResultCall`` stored.
 - ``oyster-devnet demo``: what ``make demo`` runs.
 
 Exit status: 0 on success, 1 when a job was not answered by every selected executor or the
@@ -51,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--secret-id", type=int, default=0, help="secret id (0: none)")
     job.add_argument("--deadline-ms", type=int, default=5000, help="deadline (default 5000 ms)")
     _state_file(job)
+
+    consumer = sub.add_parser(
+        "consumer", help="run one job owned by the sample OysterConsumer contract (its callback)"
+    )
+    consumer.add_argument("code", type=Path, help="the JavaScript file")
+    consumer.add_argument("--input", default="", help="the request body (e.g. a JSON text)")
+    consumer.add_argument("--deadline-ms", type=int, default=5000, help="deadline (default 5000)")
+    consumer.add_argument("--address", default=None, help="an OysterConsumer already deployed")
+    _state_file(consumer)
     return parser
 
 
@@ -90,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.command == "consumer":
+        from oyster_devnet.consumer import run_consumer_job
+
+        return asyncio.run(run_consumer_job(args))
     from oyster_devnet.job import run_job
 
     return asyncio.run(run_job(args))
