@@ -47,6 +47,9 @@ SLASH_RETRY_S = 20.0
 
 docs/protocol.md §3."""
 SLASHED_KEPT = 256
+SLASH_GAS_FLOOR = 300_000
+"""The least gas a slash is sent with: production's stake transfers, and the floor under the job
+owner's failure callback when it is estimated separately (see ``TxManager.submit``)."""
 SLASH_RETRY_INTERVAL_S = 1.0
 """Between retries of a slash that is not due: the next block, or this long at most."""
 
@@ -264,6 +267,7 @@ class Slasher:
                 kind="slash",
                 job_id=job_id,
                 valid_until=give_up,
+                gas_floor=SLASH_GAS_FLOOR,
                 gas_ceiling=self._max_job_gas,
                 callback=None if owner is None else (owner, failure_callback_calldata(job_id)),
             )

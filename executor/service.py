@@ -15,7 +15,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
-from web3.exceptions import Web3Exception
+from web3.exceptions import ContractLogicError, Web3Exception
 
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
@@ -30,6 +30,7 @@ from executor.chain.events import (
     TeeNodeRevived,
 )
 from executor.chain.listener import LogStream
+from executor.chain.requirements import min_storage_capacity
 from executor.chain.resume import JOB_LOOKBACK_BLOCKS, read_node_record
 from executor.chain.signer import EnclaveKey
 from executor.chain.txs import TxManager
@@ -113,6 +114,22 @@ class ExecutorService:
 
     def ws_rpc_urls(self) -> tuple[str, ...]:
         return self.settings.ws_urls_with_key(self._ws_api_key)
+
+    async def min_storage_capacity(self) -> int | None:
+        """The storage capacity the chain's contracts require (None: they require none); raises
+        ChainError when the chain cannot be read."""
+
+        async def eth_call(to: str, data: bytes) -> bytes | None:
+            try:
+                call: Any = {"to": to, "data": data}
+                return bytes(await self._w3.eth.call(call, "latest"))
+            except ContractLogicError:
+                return None
+
+        try:
+            return await min_storage_capacity(eth_call, self.settings.tee_manager_contract_addr)
+        except (Web3Exception, OSError, TimeoutError, ValueError) as e:
+            raise ChainError(f"cannot read the contracts' storage requirement: {e}") from e
 
     def set_owner(self, owner: str) -> None:
         self.owner = owner

@@ -18,6 +18,7 @@ from eth_account.signers.local import LocalAccount
 from executor import redact
 from executor.admin.inputs import MAX_BODY_BYTES, ZERO_ADDRESS, parse_immutable, parse_mutable
 from executor.admin.secret_store import SecretStoreClient
+from executor.chain.requirements import storage_capacity_problem
 from executor.chain.signer import EnclaveKey
 from executor.errors import AdminError, ChainError, SecretStoreError
 from executor.node import EXECUTOR_ENV
@@ -39,6 +40,9 @@ class AdminBackend(Protocol):
     def set_owner(self, owner: str) -> None: ...
 
     def set_mutable_config(self, gas_account: LocalAccount, ws_api_key: str) -> None: ...
+
+    async def min_storage_capacity(self) -> int | None:
+        """The storage capacity the chain's contracts require (None: none)."""
 
     async def start_following(self) -> None:
         """Listen for this node's registration from the current block (no-op if already)."""
@@ -149,6 +153,11 @@ async def _registration_message(request: web.Request) -> web.Response:
     storage_capacity = 0
     if backend.secret_store is not None:
         storage_capacity = await backend.secret_store.storage_capacity()
+    # Never sign a registration the contracts would make useless (every output reverting).
+    problem = storage_capacity_problem(storage_capacity, await backend.min_storage_capacity())
+    if problem is not None:
+        logger.error("admin: registration message refused: %s", problem)
+        raise AdminError(f"Registration refused: {problem}")
     sign_timestamp = int(time.time())
     signature = backend.key.sign_registration(
         backend.owner, backend.job_capacity, storage_capacity, EXECUTOR_ENV, sign_timestamp

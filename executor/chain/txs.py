@@ -70,6 +70,16 @@ SEND_ATTEMPTS = 3
 PRECHECK_RETRY_S = 10.0
 
 
+def _intrinsic_gas(data: bytes) -> int:
+    """What a transaction with this calldata pays before running anything: 21000 + 16 per
+    non-zero byte and 4 per zero byte, or the calldata floor of EIP-7623 (10 per token, a zero
+    byte one token, another byte four) when that is more, as the node's estimate charges it."""
+    zeros = data.count(0)
+    standard = 21_000 + 16 * (len(data) - zeros) + 4 * zeros
+    floor = 21_000 + 10 * (zeros + 4 * (len(data) - zeros))
+    return max(standard, floor)
+
+
 def _out_of_gas_error(error: BaseException) -> bool:
     """An ``eth_estimateGas`` refusal that says the call needs more gas than it was allowed."""
     text = str(error).lower()
@@ -299,13 +309,15 @@ class TxManager:
             return TxOutcome(TxStatus.EXPIRED, detail="window closed before sending")
         if gas_limit is None:
             # Both estimates at once: one round trip on the critical path.
-            estimate, extra = await asyncio.gather(
+            estimate, callback_gas = await asyncio.gather(
                 self._precheck(account, to, data, label, valid_until, gas_ceiling),
                 self._callback_gas(to, callback),
             )
             if isinstance(estimate, TxOutcome):
                 return estimate
-            estimate += extra
+            # The tx's estimate may have starved the callback; the floor (the call's own work
+            # without it) plus what the callback needs does not. The larger of the two.
+            estimate = max(estimate, gas_floor + callback_gas) if callback_gas else estimate
             if estimate > gas_ceiling:
                 return TxOutcome(
                     TxStatus.OVER_CEILING,
@@ -391,8 +403,7 @@ class TxManager:
             gas = await self._w3.eth.estimate_gas(call, "pending")  # type: ignore[arg-type]
         except Exception:
             return 0
-        intrinsic = 21_000 + sum(16 if b else 4 for b in data)
-        return max(0, gas - intrinsic) * 64 // 63
+        return max(0, gas - _intrinsic_gas(data)) * 64 // 63
 
     async def _gas_cap(self) -> int:
         """The latest block's gas limit (0 if unknown): what the node's estimate searched up to."""
