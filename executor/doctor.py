@@ -21,9 +21,11 @@ from typing import Any
 import aiohttp
 
 from executor import redact
+from executor.admin.secret_store import SecretStoreClient
+from executor.chain.requirements import min_storage_capacity, storage_capacity_problem
 from executor.chain.signer import EnclaveKey
 from executor.config import Settings, ws_url_with_key
-from executor.errors import ExecutorError
+from executor.errors import ExecutorError, SecretStoreError
 from executor.sandbox.capnp_config import SCHEMA_ENV, BinaryConfigs, find_schema
 from executor.sandbox.cgroups import SlicePool, find_cgroup2_mount
 
@@ -75,7 +77,7 @@ async def run_checks(options: DoctorOptions) -> list[Check]:
         )
         rest = ["key file", "workerd", "workerd config", "folders", "cgroup v2", "slices"]
         rest += ["http rpc"]
-        rest += ["websocket", "contract", "secret store"]
+        rest += ["websocket", "contract", "secret store", "storage capacity"]
         skipped = [Check(name, Verdict.SKIP, "needs a valid config") for name in rest]
         return [config, *skipped, check_vsock()]
     for url in (*settings.http_rpc_urls, *settings.web_socket_urls):
@@ -98,6 +100,7 @@ async def run_checks(options: DoctorOptions) -> list[Check]:
     checks += [await check_ws(url, options.ws_api_key) for url in settings.web_socket_urls]
     checks += await check_contracts(settings, live_url)
     checks.append(await check_secret_store(settings.secret_store_config_port))
+    checks.append(await check_storage_requirement(settings, live_url))
     checks.append(check_vsock())
     return checks
 
@@ -343,6 +346,49 @@ async def check_secret_store(port: int | None) -> Check:
             "start the secret store or fix secret_store_config_port",
         )
     return ok(name, f"127.0.0.1:{port} answers (GET /store-details: HTTP {status})")
+
+
+async def check_storage_requirement(settings: Settings, url: str | None) -> Check:
+    """The storage capacity this node would register with against what the contracts require
+    (executor.chain.requirements): below it, every output of the node would revert."""
+    name = "storage capacity"
+    if url is None:
+        return Check(name, Verdict.SKIP, "no working HTTP RPC endpoint")
+    timeout = aiohttp.ClientTimeout(total=RPC_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def eth_call(to: str, data: bytes) -> bytes | None:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "eth_call"}
+            body["params"] = [{"to": to, "data": "0x" + data.hex()}, "latest"]
+            async with session.post(url, json=body) as response:
+                reply = await response.json(content_type=None)
+            result = reply.get("result") if isinstance(reply, dict) else None
+            if not isinstance(result, str):
+                return None  # a revert (no such function): the contracts say nothing
+            return bytes.fromhex(result[2:])
+
+        try:
+            required = await min_storage_capacity(eth_call, settings.tee_manager_contract_addr)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            return fail(name, f"cannot read the contracts' requirement ({e})", "")
+    if required is None:
+        return ok(name, "the contracts require no storage capacity (no SecretStore behind them)")
+    capacity = 0
+    port = settings.secret_store_config_port
+    if port is not None:
+        try:
+            capacity = await SecretStoreClient(port).storage_capacity()
+        except (SecretStoreError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            # Before its init the store does not say; the admin API checks again before signing.
+            return Check(
+                name,
+                Verdict.WARN,
+                f"the contracts require {required}; the secret store's capacity is unknown ({e})",
+            )
+    problem = storage_capacity_problem(capacity, required)
+    if problem is not None:
+        return fail(name, problem, "the admin API will refuse to sign the registration message")
+    return ok(name, f"{capacity} >= GLOBAL_MAX_SECRET_SIZE {required}")
 
 
 def exit_status(checks: list[Check]) -> int:

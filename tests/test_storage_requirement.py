@@ -104,3 +104,31 @@ async def check_registration(files: Any, capacity: int | None) -> None:
         text = str(refused.value)
         assert f"storage capacity {capacity or 0}" in text
         assert f"GLOBAL_MAX_SECRET_SIZE {REQUIRED}" in text
+
+
+@pytest.mark.parametrize("capacity", [None, REQUIRED])
+async def test_doctor_checks_the_storage_capacity_against_the_contracts(
+    tmp_path: Path, anvil: AnvilNode, w3: AsyncWeb3[Any], devnet: Devnet, capacity: int | None
+) -> None:
+    from tests.test_doctor import doctor, rewrite, verdict
+
+    files = write_node_files(tmp_path / "node", anvil, devnet)
+    status, lines = await doctor(files.config_file)
+    [line] = verdict(lines, "storage capacity")
+    assert line.startswith("ok") and "require no storage capacity" in line  # the devnet
+    await stand_up_chain(w3, devnet.tee_manager_address)
+    if capacity is None:
+        status, lines = await doctor(files.config_file)
+        [line] = verdict(lines, "storage capacity")
+        assert line.startswith("FAIL") and f"GLOBAL_MAX_SECRET_SIZE {REQUIRED}" in line, line
+        assert status == 1
+        return
+    async with running_secret_store(FakeSecretStore(storage_capacity=capacity)) as store:
+        config = rewrite(files, secret_store_config_port=store.port)
+        status, lines = await doctor(config)
+        [line] = verdict(lines, "storage capacity")  # before its init the store does not say
+        assert line.startswith("warn") and f"require {REQUIRED}" in line, line
+        store.owner = OWNER  # configured, as the admin API's init does
+        status, lines = await doctor(config)
+    [line] = verdict(lines, "storage capacity")
+    assert line.startswith("ok") and f"{capacity} >= GLOBAL_MAX_SECRET_SIZE" in line, line
