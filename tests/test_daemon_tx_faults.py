@@ -40,12 +40,18 @@ async def rpc(devnet: Devnet, method: str, *params: Any) -> Any:
     return response["result"]
 
 
-async def jobs_in_one_block(devnet: Devnet, codehash: str, count: int) -> list[int]:
-    """Create ``count`` jobs while mining is paused, then mine them in one block."""
+async def jobs_in_one_block(devnet: Devnet, codehash: str, count: int, executor: str) -> list[int]:
+    """Create ``count`` jobs for ``executor`` while mining is paused, then mine them in one block.
+    The executor is named: a burst above its job capacity is what is tested, which the contract's
+    own selection (free executors only, as production) would refuse."""
     creating = [
         asyncio.create_task(
             devnet.create_job(
-                USER, codehash=codehash, code_inputs=f"in-{i}".encode(), deadline_ms=10_000
+                USER,
+                codehash=codehash,
+                code_inputs=f"in-{i}".encode(),
+                deadline_ms=10_000,
+                executors=[executor],
             )
         )
         for i in range(count)
@@ -70,7 +76,7 @@ async def test_outputs_land_after_the_pool_is_dropped_while_mining_is_paused(
     start = await devnet.w3.eth.block_number
     await devnet.set_automine(False)
     try:
-        burst = await jobs_in_one_block(devnet, codehash, BURST)
+        burst = await jobs_in_one_block(devnet, codehash, BURST, files.key.address)
         await wait_until(
             lambda: txm.in_flight == BURST, timeout=20, what="every output pending in the pool"
         )

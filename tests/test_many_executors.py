@@ -59,14 +59,14 @@ async def test_two_of_three_answer_and_a_half_answered_job_is_slashed_once(
     async with three_nodes(tmp_path, anvil, devnet) as nodes:
         enclaves = [files.key.address for _, files in nodes]
         codehash = await devnet.save_code(USER, CODE_ECHO)
-        job_ids = [
-            await devnet.create_job(
+        selected = {}
+        for i in range(4):
+            # One after the other: like production, createJob selects only executors with a free
+            # job slot (each node here has one), so a burst would find them busy.
+            job_id = await devnet.create_job(
                 USER, codehash=codehash, code_inputs=b"%d" % i, deadline_ms=4000
             )
-            for i in range(4)
-        ]
-        selected = {j: (await devnet.job(j)).selected_executors for j in job_ids}  # type: ignore[union-attr]
-        for job_id in job_ids:
+            selected[job_id] = (await devnet.job(job_id)).selected_executors  # type: ignore[union-attr]
             responses = await wait_until(
                 lambda j=job_id: _complete(devnet, j, 2), timeout=20, what=f"job {job_id} answers"
             )

@@ -204,8 +204,14 @@ async def test_websocket_outage_loses_and_doubles_nothing(
             # Outage: connections dropped and refused while jobs are created.
             proxy.down = True
             await proxy.drop_all()
-            during = [
-                await devnet.create_job(USER, codehash=codehash, code_inputs=b"2", deadline_ms=5000)
+            during = [  # named: two at once may exceed the node's job capacity
+                await devnet.create_job(
+                    USER,
+                    codehash=codehash,
+                    code_inputs=b"2",
+                    deadline_ms=5000,
+                    executors=[files.key.address],
+                )
                 for _ in range(2)
             ]
             await asyncio.sleep(1.0)

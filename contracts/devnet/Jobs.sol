@@ -7,7 +7,7 @@ import {Eip712, TeeManager} from "./TeeManager.sol";
 /// @title A development Jobs contract: job creation, output submission and timeout slashing.
 /// @notice Output signatures, the submission window and the signature age are checked exactly as in
 /// production; there is no payment or stake, and selection is simply the first active nodes of the
-/// environment (or an explicit list, so that tests can create jobs nobody
+/// environment that have a free job slot (or an explicit list, so that tests can create jobs nobody
 /// answers). Where a daemon or a dApp can tell, it behaves like production: job ids start at 0,
 /// `totalTime` is clamped to the deadline, the first output calls the job owner's
 /// `oysterResultCall` and a slash of an unanswered job its `oysterFailureCall`, each with all the
@@ -46,6 +46,10 @@ contract Jobs is IJobs {
 
     /// @notice The number of jobs created, which is the next job's id: ids start at 0.
     uint256 public jobCount;
+    /// @notice Per executor, the jobs `createJob` gave it that it has not answered and that were
+    /// not slashed (`createJobWithExecutors` reserves nothing): below its job capacity it is free.
+    mapping(address => uint256) public activeJobs;
+    mapping(uint256 => bool) private reserved;
     mapping(uint256 => mapping(address => mapping(uint256 => uint256))) private settlements;
 
     event JobResultCallbackCalled(uint256 indexed jobId, bool success);
@@ -55,6 +59,7 @@ contract Jobs is IJobs {
 
     error JobsInvalidNoOfNodesToSelect(uint256 noOfNodesToSelect);
     error JobsNoActiveNodes(uint8 env);
+    error JobsExecutorsUnavailable(uint8 env);
     error JobsNotSelf(address caller);
     error JobsNoExecutors();
     error JobsTooManyExecutors(uint256 count);
@@ -85,7 +90,8 @@ contract Jobs is IJobs {
         SIGN_MAX_AGE = signMaxAge;
     }
 
-    /// @notice Creates a job for the first NO_OF_NODES_TO_SELECT active nodes of `env`.
+    /// @notice Creates a job for the first NO_OF_NODES_TO_SELECT active nodes of `env` that have a
+    /// free job slot (fewer if fewer are free); reverts when none is free, as production does.
     /// @param deadline the execution deadline in milliseconds
     function createJob(
         uint8 env,
@@ -96,12 +102,20 @@ contract Jobs is IJobs {
     ) external returns (uint256 jobId) {
         address[] memory active = TEE_MANAGER.nodesOfEnv(env);
         if (active.length == 0) revert JobsNoActiveNodes(env);
-        uint256 count = active.length < NO_OF_NODES_TO_SELECT ? active.length : NO_OF_NODES_TO_SELECT;
+        address[] memory free = new address[](active.length);
+        uint256 count;
+        for (uint256 i; i < active.length && count < NO_OF_NODES_TO_SELECT; ++i) {
+            (, uint256 jobCapacity,,,) = TEE_MANAGER.getTeeNode(active[i]);
+            if (activeJobs[active[i]] < jobCapacity) free[count++] = active[i];
+        }
+        if (count == 0) revert JobsExecutorsUnavailable(env);
         address[] memory selected = new address[](count);
         for (uint256 i; i < count; ++i) {
-            selected[i] = active[i];
+            selected[i] = free[i];
+            ++activeJobs[free[i]];
         }
-        return _createJob(env, secretId, codehash, codeInputs, deadline, selected);
+        jobId = _createJob(env, secretId, codehash, codeInputs, deadline, selected);
+        reserved[jobId] = true;
     }
 
     /// @notice Creates a job for the named executors, registered or not (for tests).
@@ -143,6 +157,7 @@ contract Jobs is IJobs {
         if (!TEE_MANAGER.isActive(signer)) revert JobsExecutorNotActive(signer);
 
         executorStatus[_jobId][signer] = RESPONDED;
+        if (reserved[_jobId]) --activeJobs[signer];
         uint8 outputCount = ++job.outputCount;
         uint256 totalTime = _totalTime > job.deadline ? job.deadline : _totalTime;
         emit JobResponded(_jobId, signer, _output, totalTime, _errorCode, outputCount);
@@ -179,8 +194,11 @@ contract Jobs is IJobs {
         if (job.outputCount == selected.length) revert JobsNothingToSlash(_jobId);
         bool unanswered = job.outputCount == 0;
         address jobOwner = job.jobOwner;
+        bool release = reserved[_jobId];
+        delete reserved[_jobId];
         for (uint256 i; i < selected.length; ++i) {
             if (executorStatus[_jobId][selected[i]] != RESPONDED) {
+                if (release) --activeJobs[selected[i]];
                 emit SlashedOnExecutionTimeout(_jobId, selected[i]);
             }
         }
