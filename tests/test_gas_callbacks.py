@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +27,9 @@ from executor.jobs import JobContext, JobRunner, Slasher
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
-from tests.node_helpers import wait_until
-from tests.test_tx_faults import GAS, USER, enclave, manager, rpc, runner_for, sent_by
+from oyster_devnet.node_setup import init_and_register, write_node_files
+from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
+from tests.test_tx_faults import GAS, OWNER, USER, enclave, manager, rpc, runner_for, sent_by
 
 __all__ = ["enclave"]  # the fixture, re-used
 
@@ -215,3 +217,53 @@ async def test_a_slash_calls_the_owner_failure_callback_with_enough_gas(
     assert (await devnet.consumer_result(consumer, job_id)).failed
     receipts = await receipts_of(w3, GAS.address, start)
     assert [r["status"] for r in receipts] == [1]
+
+
+BIG_CODE = "export default { async fetch() { return new Response('x'.repeat(20480)); } };\n"
+
+
+async def test_the_daemon_answers_every_consumer_job_without_a_reverted_transaction(
+    tmp_path: Path, anvil: AnvilNode, w3: AsyncWeb3[Any], devnet: Devnet
+) -> None:
+    """The whole daemon (event stream, sandbox, transaction manager): jobs owned by consumer
+    contracts whose callbacks store 20 KiB, burn 5M gas, or revert, and by an account: every job
+    is answered once, and no transaction from the gas account reverted."""
+    async with running_daemon(write_node_files(tmp_path / "node", anvil, devnet)) as daemon:
+        await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
+        await wait_registered(daemon)
+        start = await w3.eth.block_number
+        big = await devnet.save_code(USER, BIG_CODE)
+        echo = await devnet.save_code(USER, CODE_ECHO)
+        jobs: list[tuple[int, AsyncContract | None, bytes]] = []
+        for burn, fail, codehash in (
+            (0, False, big),
+            (BIG_BURN, False, echo),
+            (0, True, echo),
+            (None, False, echo),
+        ):
+            consumer = None
+            if burn is None:  # an account owns it
+                job_id = await devnet.create_job(
+                    USER, codehash=codehash, code_inputs=b"acct", deadline_ms=5000
+                )
+            else:
+                consumer = await devnet.deploy_consumer(USER)
+                await devnet.set_consumer_behaviour(USER, consumer, burn_gas=burn, fail=fail)
+                job_id = await devnet.consumer_request(
+                    USER, consumer, codehash=codehash, code_inputs=b"dapp", deadline_ms=5000
+                )
+            # The node has one job slot (no cgroup slices): one job at a time.
+            (response,) = await wait_until(
+                lambda j=job_id: devnet.job_responses(j), timeout=30, what=f"job {job_id}"
+            )
+            jobs.append((job_id, consumer, response.output))
+    assert len(jobs[0][2]) == MAX_OUTPUT_BYTES
+    for (job_id, consumer, output), ok in zip(jobs, (True, True, False, None), strict=True):
+        if consumer is None:
+            continue
+        assert await devnet.callback_events(job_id) == [("result", ok)]
+        stored = await devnet.consumer_result(consumer, job_id)
+        assert stored.received is ok and (not ok or stored.output == output)
+    receipts = await receipts_of(w3, GAS.address, start)
+    assert len(receipts) == len(jobs)
+    assert all(r["status"] == 1 for r in receipts), receipts
