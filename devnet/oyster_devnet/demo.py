@@ -23,6 +23,7 @@ from pathlib import Path
 from executor.outcome import ErrorCode
 from oyster_devnet.contracts import Devnet, JobResponse
 from oyster_devnet.network import USER, start_network
+from oyster_devnet.transactions import TransactionReverted
 
 logger = logging.getLogger("demo")
 
@@ -123,6 +124,21 @@ async def sandbox_path(log_file: Path, wait_s: float = 10) -> str:
     return "warm slices not armed yet: the first jobs may start workerd cold"
 
 
+async def create_when_free(devnet: Devnet, codehash: str, inputs: bytes) -> int:
+    """createJob, waiting while every executor is busy (the contract refuses then, as
+    production does: each executor takes as many jobs at once as it has slices)."""
+    give_up = time.monotonic() + DEADLINE_MS / 1000 + EXECUTION_BUFFER_S
+    while True:
+        try:
+            return await devnet.create_job(
+                USER, codehash=codehash, code_inputs=inputs, deadline_ms=DEADLINE_MS
+            )
+        except TransactionReverted as e:
+            if "JobsExecutorsUnavailable" not in str(e) or time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def run_demo(workdir: Path) -> int:
     say("== oyster-executor demo: a local chain, the devnet contracts, the daemon, real jobs")
     async with start_network(
@@ -144,12 +160,7 @@ async def run_demo(workdir: Path) -> int:
         for job in JOBS:
             if job.code not in codehashes:
                 codehashes[job.code] = await devnet.save_code(USER, job.code)
-            job_id = await devnet.create_job(
-                USER,
-                codehash=codehashes[job.code],
-                code_inputs=job.inputs,
-                deadline_ms=DEADLINE_MS,
-            )
+            job_id = await create_when_free(devnet, codehashes[job.code], job.inputs)
             jobs.append((job_id, job))
         say(f"-- {len(jobs)} jobs created; waiting for the outputs on chain")
         timeout = DEADLINE_MS / 1000 + EXECUTION_BUFFER_S
