@@ -68,9 +68,16 @@ async def test_concurrent_jobs_each_get_their_own_output(
     node: tuple[Daemon, NodeFiles], devnet: Devnet
 ) -> None:
     codehash = await devnet.save_code(USER, CODE_ECHO)
+    _daemon, files = node
     job_ids = [
         await devnet.create_job(
-            USER, codehash=codehash, code_inputs=f"input-{i}".encode(), deadline_ms=5000
+            USER,
+            codehash=codehash,
+            code_inputs=f"input-{i}".encode(),
+            deadline_ms=5000,
+            # Named: createJob's own selection (free executors only, as production) would
+            # refuse jobs above the node's capacity, which is what this test gives it.
+            executors=[files.key.address],
         )
         for i in range(5)  # more jobs than the 3 slices: the extra ones wait for a slice
     ]

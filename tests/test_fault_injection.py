@@ -71,9 +71,13 @@ async def test_jobs_under_websocket_cuts_are_answered_exactly_once(
                 for i in range(JOBS):
                     # Paced to spread the jobs over CREATION_S seconds.
                     await asyncio.sleep(max(0.0, began + i * CREATION_S / JOBS - loop.time()))
-                    job_ids.append(
+                    job_ids.append(  # named: more at once than the node's job capacity
                         await devnet.create_job(
-                            USER, codehash=codehash, code_inputs=b"%d" % i, deadline_ms=5000
+                            USER,
+                            codehash=codehash,
+                            code_inputs=b"%d" % i,
+                            deadline_ms=5000,
+                            executors=[files.key.address],
                         )
                     )
                 me = files.key.address
