@@ -63,6 +63,10 @@ another executor's output first, a callback whose cost depends on storage)."""
 DEFAULT_GAS_CEILING = 30_000_000
 """The default ``max_job_gas``: one block's gas on most chains; a callback storing a 20 KiB output
 measured ~14.4M on the production contracts."""
+CODE_KNOWN_S = 300.0
+"""How long whether a job owner holds code is remembered (an account may get code later: a
+contract deployed at a precomputed address, an EIP-7702 delegation)."""
+CODE_KNOWN_MAX = 4096
 OUT_OF_GAS_RETRIES = 3
 """A transaction that ran out of gas is sent again at most this many times."""
 FUNDS_REPORT_INTERVAL_S = 60.0
@@ -128,6 +132,7 @@ class TxManager:
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         self._funds_reported: dict[str, float] = {}
+        self._code_known: dict[str, tuple[bool, float]] = {}
         self.loop_errors = 0
         """Consecutive failed ticks of the background loop (0 when healthy)."""
 
@@ -398,12 +403,32 @@ class TxManager:
         if callback is None:
             return 0
         owner, data = callback
+        if not await self._has_code(owner):
+            return 0  # an account: the call runs nothing
         call: dict[str, Any] = {"from": caller, "to": owner, "data": data}
         try:
             gas = await self._w3.eth.estimate_gas(call, "pending")  # type: ignore[arg-type]
         except Exception:
             return 0
         return max(0, gas - _intrinsic_gas(data)) * 64 // 63
+
+    async def _has_code(self, address: str) -> bool:
+        """Whether ``address`` holds code, remembered for ``CODE_KNOWN_S`` (most job owners send
+        many jobs: their callback estimate is then skipped when they are accounts). True when the
+        node cannot tell (the callback is estimated then)."""
+        now = time.monotonic()
+        known = self._code_known.get(address)
+        if known is not None and now - known[1] < CODE_KNOWN_S:
+            return known[0]
+        try:
+            code = await raw.call(self._w3, "eth_getCode", [address, "latest"])
+        except Exception:
+            return True
+        has_code = isinstance(code, str) and len(code) > 2
+        if len(self._code_known) >= CODE_KNOWN_MAX:
+            self._code_known.pop(next(iter(self._code_known)))
+        self._code_known[address] = (has_code, now)
+        return has_code
 
     async def _gas_cap(self) -> int:
         """The latest block's gas limit (0 if unknown): what the node's estimate searched up to."""
