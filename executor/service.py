@@ -19,6 +19,7 @@ from web3.exceptions import Web3Exception
 
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
+from executor.chain.clock import ChainClock
 from executor.chain.code import CodeFetcher
 from executor.chain.code_cache import CodeCache
 from executor.chain.events import (
@@ -66,7 +67,11 @@ class ExecutorService:
         self._ws_api_key = ""
         self._w3 = w3
         self._clients = tuple(clients) or (w3,)
-        self.txm = TxManager(w3, self._clients, settings.common_chain_id, metrics=metrics)
+        self.clock = ChainClock()
+        """Chain time for every window: fed by the event stream's heads and the manager's polls."""
+        self.txm = TxManager(
+            w3, self._clients, settings.common_chain_id, metrics=metrics, clock=self.clock
+        )
         self.executions = TaskSet("jobs")
         self._timers = TaskSet("timeouts")
         self._following = TaskSet("follow")
@@ -77,6 +82,7 @@ class ExecutorService:
             execution_buffer_time_s=settings.execution_buffer_time,
             num_selected_executors=settings.num_selected_executors,
             tasks=self._timers,
+            clock=self.clock,
         )
         self.runner = JobRunner(
             key=key,

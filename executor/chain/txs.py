@@ -28,6 +28,7 @@ from web3 import AsyncWeb3
 
 from executor.chain import raw
 from executor.chain.broadcast import Broadcaster
+from executor.chain.clock import ChainClock
 from executor.chain.head import ChainHead, Head
 from executor.chain.inflight import Attempt, InFlight, Tracked, TxOutcome, TxStatus
 from executor.chain.txpolicy import (
@@ -76,10 +77,12 @@ class TxManager:
         poll_s: float = 0.25,
         idle_poll_s: float = 1.0,
         metrics: Metrics = NO_METRICS,
+        clock: ChainClock | None = None,
     ) -> None:
         """``w3`` for reads; signed transactions go to every client of ``broadcast``.
         The head is polled every ``poll_s`` while transactions are in flight, else every
-        ``idle_poll_s``."""
+        ``idle_poll_s``; each read feeds ``clock``, the daemon's chain clock, against which
+        every window is judged."""
         self._w3 = w3
         self._metrics = metrics
         self._broadcaster = Broadcaster(broadcast or [w3])
@@ -90,7 +93,7 @@ class TxManager:
         self._nonces: dict[str, NonceBook] = {}
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self.head = ChainHead(w3)
+        self.head = ChainHead(w3, clock)
         self._inflight = InFlight(
             w3, self.head, send=self._send, on_no_funds=self._report_no_funds, wake=self._wake.set
         )
