@@ -76,6 +76,7 @@ class ExecutorService:
         self._timers = TaskSet("timeouts")
         self._following = TaskSet("follow")
         self._stream: LogStream | None = None
+        self._start_lock = asyncio.Lock()
         self._slasher = Slasher(txm=self.txm, jobs_contract=settings.jobs_contract_addr)
         self.watch = TimeoutWatch(
             slash=self._slash,
@@ -127,8 +128,13 @@ class ExecutorService:
             self._stream.reconnect()
 
     async def start_following(self) -> None:
-        if len(self._following):
-            return
+        """Start the event stream and the follower, unless they run already. Serialized: it
+        reads the chain before it spawns, and requests that overlap must start one stream."""
+        async with self._start_lock:
+            if not len(self._following):
+                await self._start_following()
+
+    async def _start_following(self) -> None:
         await self.txm.start()
         s = self.settings
         try:
