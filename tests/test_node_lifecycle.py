@@ -259,7 +259,8 @@ async def test_concurrent_registration_requests_start_one_stream(
                 *(client.request("GET", "/signed-registration-message") for _ in range(4))
             )
             assert [r.status for r in replies] == [200] * 4
-            assert len(daemon.service._following) == 1
+            followers = [t for t in asyncio.all_tasks() if "follower" in t.get_name()]
+            assert len(followers) == 1
             await register_on_chain(
                 devnet,
                 OWNER,

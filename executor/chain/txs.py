@@ -41,6 +41,7 @@ from executor.chain.txpolicy import (
 )
 from executor.chain.txsign import sign_dynamic_fee_tx
 from executor.metrics import NO_METRICS, Metrics
+from executor.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ GAS_MARGIN_NUM, GAS_MARGIN_DEN = 5, 4
 FUNDS_REPORT_INTERVAL_S = 60.0
 SEND_ATTEMPTS = 3
 PRECHECK_RETRY_S = 10.0
+LOOP_ERROR_BUDGET = 20
+"""Consecutive failed ticks of the loop after which the supervisor reports it down."""
 
 
 def account_from_key(hex_key: str) -> LocalAccount:
@@ -102,6 +105,7 @@ class TxManager:
         self._funds_reported: dict[str, float] = {}
         self.loop_errors = 0
         """Consecutive failed ticks of the background loop (0 when healthy)."""
+        self._loop_error = ""
 
     # --- account and chain state -----------------------------------------------------------------
 
@@ -135,10 +139,21 @@ class TxManager:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the background loop: as the part ``tx-manager`` of ``supervisor`` (restarted if
+        it dies, reported down while its ticks keep failing), else as a plain task."""
         self._closing = False
         if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._run(), name="tx-manager")
+            if supervisor is not None:
+                self._loop_task = supervisor.run("tx-manager", self._run, health=self.loop_trouble)
+            else:
+                self._loop_task = asyncio.create_task(self._run(), name="tx-manager")
+
+    def loop_trouble(self) -> str | None:
+        """Why the loop is not doing its work (``LOOP_ERROR_BUDGET`` ticks in a row failed)."""
+        if self.loop_errors < LOOP_ERROR_BUDGET:
+            return None
+        return f"{self.loop_errors} consecutive failed ticks: {self._loop_error}"
 
     async def close(self) -> None:
         """Stop the loop; submitters still waiting get FAILED ("shutting down"), and their
@@ -394,6 +409,7 @@ class TxManager:
                 raise
             except Exception as e:  # RPC trouble: nothing is forgotten, the next tick retries
                 self.loop_errors += 1
+                self._loop_error = f"{type(e).__name__}: {e}"[:200]
                 if self.loop_errors == 1 or self.loop_errors % 20 == 0:
                     logger.warning(
                         "transaction loop: %s (%d consecutive errors); %d tx in flight",
