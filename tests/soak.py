@@ -4,7 +4,7 @@ doubled (more than one mined submitOutput of this node for one job).
 
 ``tests/test_soak.py`` runs a bounded version in the suite; a long run from the checkout::
 
-    .venv/bin/python -m tests.soak --jobs 3000 --per-block 20 --burn 1 --cut-every 3
+    .venv/bin/python -m tests.soak --jobs 3000 --per-block 20 --burn 1 --cut-every 3 [--slices 4]
 
 prints the figures (jobs, lost, doubled, duration, load) and exits 1 if any job was lost or
 doubled.
@@ -33,6 +33,7 @@ from oyster_devnet.contracts import deploy_devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
 from tests.fault_helpers import lost_and_duplicated, responses_of, submit_output_txs
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered
+from tests.sandbox_helpers import slice_parent
 from tests.ws_proxy import WsProxy, running_ws_proxy
 
 OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
@@ -99,10 +100,31 @@ async def soak(
     per_block: int,
     burn: int,
     cut_every_s: float,
+    slices: int = 0,
     block_wait_s: float = 60.0,
     progress: bool = False,
 ) -> SoakFigures:
+    """``slices`` > 0: the daemon runs its jobs in that many cgroup slices (warm), else
+    unconfined (cold, one workerd per job)."""
     figures = SoakFigures()
+    with contextlib.ExitStack() as stack:
+        parent = stack.enter_context(slice_parent(count=slices)) if slices else None
+        return await _soak(
+            folder, figures, jobs, per_block, burn, cut_every_s, parent, block_wait_s, progress
+        )
+
+
+async def _soak(
+    folder: Path,
+    figures: SoakFigures,
+    jobs: int,
+    per_block: int,
+    burn: int,
+    cut_every_s: float,
+    parent: Path | None,
+    block_wait_s: float,
+    progress: bool,
+) -> SoakFigures:
     async with start_anvil() as anvil:
         w3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
         try:
@@ -114,7 +136,7 @@ async def soak(
             )
             async with running_ws_proxy(anvil.ws_url, keys={""}) as proxy:
                 files = write_node_files(folder / "node", anvil, devnet, ws_url=proxy.url)
-                async with running_daemon(files) as daemon:
+                async with running_daemon(files, cgroup_parent=parent) as daemon:
                     await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
                     await wait_registered(daemon)
                     me = files.key.address
@@ -174,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-block", type=int, default=20)
     parser.add_argument("--burn", type=int, default=1, help="CPU-spinning processes")
     parser.add_argument("--cut-every", type=float, default=3.0, help="seconds between ws cuts")
+    parser.add_argument(
+        "--slices", type=int, default=0, help="cgroup slices for the jobs (0: unconfined, cold)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="oyster-soak-") as folder:
         figures = asyncio.run(
@@ -183,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_block=args.per_block,
                 burn=args.burn,
                 cut_every_s=args.cut_every,
+                slices=args.slices,
                 progress=True,
             )
         )
