@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "--slices", type=int, default=0, help="cgroup slices for the jobs (0: unconfined, cold)"
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # clean up (anvil, slices) as on Ctrl-C
     with tempfile.TemporaryDirectory(prefix="oyster-soak-") as folder:
         figures = asyncio.run(
             soak(
@@ -214,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(figures.summary())
     return 1 if figures.lost or figures.doubled else 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
