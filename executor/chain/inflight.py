@@ -43,7 +43,7 @@ MISSING_RECEIPT_CHECKS = 3
 MISSING_RECEIPT_S = 3.0
 """... over at least this long, went to a tx this process did not send. A busy node can count a
 nonce as mined a moment before it serves the receipt, and the loop may check several times in
-that moment (each new transaction wakes it): the soak test saw anvil do it once in ~1500 jobs."""
+that moment (each new transaction wakes it); a busy anvil does (``tests/soak.py`` shows it)."""
 
 
 class TxStatus(enum.Enum):
