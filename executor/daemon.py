@@ -29,6 +29,7 @@ from executor.metrics import Metrics, metrics_app
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.runner import Sandbox
 from executor.service import ExecutorService
+from executor.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.supervisor = Supervisor(metrics=self.metrics)
+        """Every long-lived part of the daemon runs under it (``parts_down()``: the health)."""
         self._metrics_addr = metrics_addr or settings.metrics_addr
         self.metrics_url = ""
         self.listen = listen
@@ -77,6 +80,7 @@ class Daemon:
 
     async def _start(self) -> None:
         s = self.settings
+        self._stack.push_async_callback(self.supervisor.close)  # last: after each part's owner
         for url in (*s.http_rpc_urls, *s.web_socket_urls):
             redact.register_url_credentials(url)
         key = EnclaveKey.load(s.enclave_signer_file)
@@ -109,7 +113,7 @@ class Daemon:
         )
         self.sandbox = sandbox
         self.metrics.watch_slices(sandbox if pool is not None else None)
-        sandbox.start()  # arms the warm slices in the background
+        sandbox.start(self.supervisor)  # arms the warm slices in the background
         self._stack.push_async_callback(sandbox.close)  # after the service's jobs are done
 
         # Reads fail over across every http_rpc_url; one client per endpoint for the code
@@ -131,6 +135,7 @@ class Daemon:
             job_capacity=job_capacity,
             secret_store=store,
             metrics=self.metrics,
+            supervisor=self.supervisor,
         )
         self.metrics.watch_node_state(lambda: service.status.value)
         self.service = service

@@ -100,8 +100,8 @@ class JobRunner:
         """Chain time (s) after which the contract refuses the job's output (docs/protocol.md §2):
         ``execStartTime + deadline/1000 + executionBufferTime``."""
         start = job.position.block_timestamp
-        if start is None:  # the node omitted the log's block timestamp: our clock instead
-            start = int(time.time())
+        if start is None:  # the node omitted the log's block timestamp: it started now
+            start = int(self._txm.chain_now())
         return start + job.deadline_ms / 1000 + self._ctx.execution_buffer_time_s
 
     async def run(self, job: JobCreated) -> TxOutcome | None:

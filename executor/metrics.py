@@ -15,14 +15,16 @@ Names and labels (docs/operator.md "Monitoring"):
 - ``oyster_executor_sandbox_runs_total{path="warm|cold"}``: executions by sandbox path;
 - ``oyster_executor_transactions_total{kind="output|slash",result}``;
 - ``oyster_executor_ws_reconnects_total``, ``oyster_executor_last_block``;
-- ``oyster_executor_node_state{state}``: 1 for the node's current state, 0 for the others.
+- ``oyster_executor_node_state{state}``: 1 for the node's current state, 0 for the others;
+- ``oyster_executor_part_up{part}``: 1 while a supervised part is up (``executor.supervisor``);
+- ``oyster_executor_part_failures_total{part}``, ``oyster_executor_part_restarts_total{part}``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -53,6 +55,12 @@ class SliceCounts(Protocol):
     def runs(self) -> Mapping[str, int]:
         """Executions so far by sandbox path (``warm``, ``cold``)."""
         ...
+
+
+class PartStates(Protocol):
+    """What the part gauge reads from the supervisor (``Supervisor`` has these)."""
+
+    def parts(self) -> Mapping[str, Mapping[str, Any]]: ...
 
 
 class Metrics:
@@ -97,6 +105,12 @@ class Metrics:
         self._last_block = Gauge(
             f"{PREFIX}_last_block", "Highest block number the event stream has reached", registry=r
         )
+        self._part_failures = Counter(
+            f"{PREFIX}_part_failures", "Failures of a supervised part", ["part"], registry=r
+        )
+        self._part_restarts = Counter(
+            f"{PREFIX}_part_restarts", "Restarts of a supervised part", ["part"], registry=r
+        )
         self._state = _StateCollector()
         r.register(self._state)
 
@@ -124,7 +138,16 @@ class Metrics:
     def last_block(self, number: int) -> None:
         self._last_block.set(number)
 
+    def part_failed(self, part: str) -> None:
+        self._part_failures.labels(part=part).inc()
+
+    def part_restarted(self, part: str) -> None:
+        self._part_restarts.labels(part=part).inc()
+
     # --- state read at scrape time -------------------------------------------------------------
+
+    def watch_parts(self, parts: PartStates | None) -> None:
+        self._state.parts = parts
 
     def watch_slices(self, pool: SliceCounts | None) -> None:
         self._state.slices = pool
@@ -140,6 +163,7 @@ class _StateCollector(Collector):
     def __init__(self) -> None:
         self.slices: SliceCounts | None = None
         self.node_state: Callable[[], str] | None = None
+        self.parts: PartStates | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -169,6 +193,13 @@ class _StateCollector(Collector):
             for state in NODE_STATES:
                 node.add_metric([state], 1.0 if state == current else 0.0)
         yield node
+        up = GaugeMetricFamily(
+            f"{PREFIX}_part_up", "1 while a supervised part is up", labels=["part"]
+        )
+        if self.parts is not None:
+            for name, part in self.parts.parts().items():
+                up.add_metric([name], 1.0 if part.get("up") else 0.0)
+        yield up
 
 
 NO_METRICS = Metrics()

@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from executor.chain.clock import ChainClock
 from executor.chain.events import (
     ChainEvent,
     JobCreated,
@@ -73,31 +73,6 @@ class NodeStatus(enum.Enum):
     DRAINED = "drained"
 
 
-class ChainClock:
-    """Chain time in ms: the newest block timestamp seen, advanced by the monotonic clock.
-
-    Blocks can be seconds apart (or, on an idle devnet, minutes): between them the chain's next
-    timestamp is what the monotonic clock says has elapsed since the newest one was seen.
-    """
-
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._monotonic = monotonic
-        self._anchor_ms: float | None = None
-        self._anchored_at = 0.0
-
-    def observe(self, timestamp_s: int) -> None:
-        ms = timestamp_s * 1000.0
-        now = self.now_ms()
-        if now is None or ms > now:
-            self._anchor_ms = ms
-            self._anchored_at = self._monotonic()
-
-    def now_ms(self) -> float | None:
-        if self._anchor_ms is None:
-            return None
-        return self._anchor_ms + (self._monotonic() - self._anchored_at) * 1000.0
-
-
 class TimeoutWatch:
     """The running set: slash every env-1 job that is not complete when the chain allows.
 
@@ -131,12 +106,12 @@ class TimeoutWatch:
         return frozenset(self._timers)
 
     def due_in_s(self, deadline_ms: int, block_timestamp: int | None) -> float:
-        """Seconds until a job's slash is due (0 when it already is)."""
+        """Seconds until a job's slash is due (0 when it already is), in chain time; a job
+        whose block timestamp is unknown started now."""
         window_ms = deadline_ms + self._buffer_ms + 1000
-        now = self.clock.now_ms()
-        if block_timestamp is None or now is None:
+        if block_timestamp is None:
             return window_ms / 1000
-        return max(0.0, (block_timestamp * 1000 + window_ms - now) / 1000)
+        return max(0.0, (block_timestamp * 1000 + window_ms - self.clock.now_ms()) / 1000)
 
     def start(
         self,

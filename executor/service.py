@@ -19,6 +19,7 @@ from web3.exceptions import ContractLogicError, Web3Exception
 
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
+from executor.chain.clock import ChainClock
 from executor.chain.code import CodeFetcher
 from executor.chain.code_cache import CodeCache
 from executor.chain.events import (
@@ -39,6 +40,7 @@ from executor.errors import ChainError
 from executor.jobs import ExecuteFn, JobContext, JobRunner, Slasher
 from executor.metrics import NO_METRICS, Metrics
 from executor.node import ChainFollower, NodeStatus, TimeoutWatch
+from executor.supervisor import Supervisor
 from executor.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
@@ -56,8 +58,11 @@ class ExecutorService:
         job_capacity: int,
         secret_store: SecretStoreClient | None,
         metrics: Metrics = NO_METRICS,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.metrics = metrics
+        self.supervisor = supervisor or Supervisor(metrics=metrics)
+        """Runs the transaction loop and the follower, and watches the stream's health."""
         self.settings = settings
         self.key = key
         self.job_capacity = job_capacity
@@ -67,11 +72,16 @@ class ExecutorService:
         self._ws_api_key = ""
         self._w3 = w3
         self._clients = tuple(clients) or (w3,)
-        self.txm = TxManager(w3, self._clients, settings.common_chain_id, metrics=metrics)
+        self.clock = ChainClock()
+        """Chain time for every window: fed by the event stream's heads and the manager's polls."""
+        self.txm = TxManager(
+            w3, self._clients, settings.common_chain_id, metrics=metrics, clock=self.clock
+        )
         self.executions = TaskSet("jobs")
         self._timers = TaskSet("timeouts")
-        self._following = TaskSet("follow")
+        self._follow_task: asyncio.Task[None] | None = None
         self._stream: LogStream | None = None
+        self._start_lock = asyncio.Lock()
         self._slasher = Slasher(
             txm=self.txm,
             jobs_contract=settings.jobs_contract_addr,
@@ -82,6 +92,7 @@ class ExecutorService:
             execution_buffer_time_s=settings.execution_buffer_time,
             num_selected_executors=settings.num_selected_executors,
             tasks=self._timers,
+            clock=self.clock,
         )
         self.runner = JobRunner(
             key=key,
@@ -146,9 +157,14 @@ class ExecutorService:
             self._stream.reconnect()
 
     async def start_following(self) -> None:
-        if len(self._following):
-            return
-        await self.txm.start()
+        """Start the event stream and the follower, unless they run already. Serialized: it
+        reads the chain before it spawns, and requests that overlap must start one stream."""
+        async with self._start_lock:
+            if self._follow_task is None or self._follow_task.done():
+                await self._start_following()
+
+    async def _start_following(self) -> None:
+        await self.txm.start(self.supervisor)
         s = self.settings
         try:
             head = int(await self._w3.eth.block_number)
@@ -180,7 +196,7 @@ class ExecutorService:
             self.follower.resume(status, record.answered)
         else:
             logger.info("listening for this node's registration from block %d", from_block)
-        self._stream = LogStream(
+        self._stream = stream = LogStream(
             ws_urls=self.ws_rpc_urls,
             w3=self._w3,
             addresses=[s.tee_manager_contract_addr, s.jobs_contract_addr],
@@ -189,7 +205,21 @@ class ExecutorService:
             name="chain",
             metrics=self.metrics,
         )
-        self._following.spawn(self.follower.follow(self._stream.events()), name="follower")
+        # Not restarted: a follower that died lost its place; the health says so until the
+        # owner asks for the registration message again (which starts a new one).
+        self.supervisor.watch("event-stream", lambda: _stream_trouble(stream))
+        self._follow_task = self.supervisor.run(
+            "follower",
+            lambda: self.follower.follow(stream.events()),
+            restart=False,
+            health=self._follower_trouble,
+        )
+
+    def _follower_trouble(self) -> str | None:
+        health = self.follower.health
+        if health.healthy:
+            return None
+        return f"{health.consecutive_failures} events in a row failed: {health.last_error}"
 
     def _resumed_status(self, last: ChainEvent | None) -> NodeStatus:
         if isinstance(last, TeeNodeRegistered):
@@ -234,6 +264,7 @@ class ExecutorService:
             "follower": self.follower.health.as_dict(),
             "running_jobs": len(self.watch.running),
             "executions": len(self.executions),
+            "parts": self.supervisor.parts(),
         }
 
     # --- shutdown --------------------------------------------------------------------------------
@@ -242,7 +273,9 @@ class ExecutorService:
         """Stop taking jobs, let running ones finish within ``grace_s`` (or until ``force``
         is set), then cancel what is left."""
         self.follower.accepting = False
-        await self._following.cancel_all()
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            await asyncio.gather(self._follow_task, return_exceptions=True)
         if len(self.executions):
             logger.info("waiting up to %.0fs for %d running job(s)", grace_s, len(self.executions))
             if not await self.executions.wait(grace_s, interrupt=force):
@@ -252,3 +285,10 @@ class ExecutorService:
         await self.txm.close()
         await self.executions.cancel_all()
         await self._timers.cancel_all()
+
+
+def _stream_trouble(stream: LogStream) -> str | None:
+    health = stream.health
+    if health.healthy:
+        return None
+    return f"{health.consecutive_failures} connections in a row failed: {health.last_error}"

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
 class TaskSet:
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, on_failure: Callable[[BaseException], None] | None = None
+    ) -> None:
+        """``on_failure`` is told of every task that raised (the supervisor logs and counts
+        it); without it, the failure is logged here."""
         self._name = name
+        self._on_failure = on_failure
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
@@ -34,7 +39,11 @@ class TaskSet:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if exc is None:
+            return
+        if self._on_failure is not None:
+            self._on_failure(exc)
+        else:
             logger.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
 
     async def wait(self, timeout_s: float | None, interrupt: asyncio.Event | None = None) -> bool:

@@ -23,6 +23,7 @@ from oyster_devnet.node_setup import (
     register_on_chain,
     write_node_files,
 )
+from tests.fault_helpers import submit_output_txs
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.ws_proxy import running_ws_proxy
 
@@ -235,3 +236,49 @@ async def test_websocket_outage_loses_and_doubles_nothing(
             r for r in caplog.records if r.getMessage().startswith(f"job {job_id}: selected")
         ]
         assert len(executions) == 1, f"job {job_id} executed {len(executions)} times"
+
+
+async def test_concurrent_registration_requests_start_one_stream(
+    tmp_path: Path, anvil: AnvilNode, devnet: Devnet
+) -> None:
+    """Each request reads the chain before it starts following: without serialization, requests
+    that overlap each started a stream and a follower (two outputs per job, and a ws key rotation
+    that reconnects only one of them)."""
+    async with running_ws_proxy(anvil.ws_url, keys={"first"}) as proxy:
+        files = write_node_files(tmp_path / "node", anvil, devnet, ws_url=proxy.url)
+        async with running_daemon(files) as daemon:
+            assert daemon.service is not None
+            client = AdminClient(daemon.admin_url)
+            await client.expect_ok(
+                "POST", "/immutable-config", {"owner_address_hex": OWNER.address}
+            )
+            await client.expect_ok(
+                "POST",
+                "/mutable-config",
+                {
+                    "executor_gas_key": GAS.private_key,
+                    "secret_store_gas_key": "",
+                    "ws_api_key": "first",
+                },
+            )
+            replies = await asyncio.gather(
+                *(client.request("GET", "/signed-registration-message") for _ in range(4))
+            )
+            assert [r.status for r in replies] == [200] * 4
+            followers = [t for t in asyncio.all_tasks() if "follower" in t.get_name()]
+            assert len(followers) == 1
+            await register_on_chain(
+                devnet,
+                OWNER,
+                (await client.expect_ok("GET", "/tee-details")).json(),
+                replies[0].json(),
+            )
+            await wait_registered(daemon)
+            codehash = await devnet.save_code(USER, CODE_ECHO)
+            job_id = await devnet.create_job(
+                USER, codehash=codehash, code_inputs=b"x", deadline_ms=3000
+            )
+            await wait_until(lambda: answered(devnet, job_id), timeout=20, what="the output")
+            assert proxy.connections == 1
+            outputs = await submit_output_txs(devnet, GAS.address, 0)
+    assert outputs[job_id] == 1

@@ -7,13 +7,13 @@ import asyncio
 
 from eth_abi import encode
 
+from executor.chain.clock import ChainClock
 from executor.chain.events import JobCreated, JobResponded, LogPosition, LogRemoved, NewHead
 from executor.chain.listener import REORG_WINDOW_BLOCKS, LogStream
 from executor.node import (
     JOB_HORIZON_BLOCKS,
     MAX_TIMERS,
     MAX_TRACKED_JOBS,
-    ChainClock,
     ChainFollower,
     NodeStatus,
     TimeoutWatch,
@@ -78,7 +78,7 @@ class Harness:
         self.run_forever = run_forever
         self.executions = TaskSet("jobs")
         self.timers = TaskSet("timers")
-        self.clock = ChainClock(FakeMonotonic())
+        self.clock = ChainClock(monotonic=FakeMonotonic())
 
         async def slash(job_id: int) -> bool:
             self.slashed.append(job_id)
@@ -118,8 +118,8 @@ class Harness:
 
 def test_chain_clock_follows_heads_and_the_monotonic_clock_between_them() -> None:
     mono = FakeMonotonic()
-    clock = ChainClock(mono)
-    assert clock.now_ms() is None
+    clock = ChainClock(monotonic=mono, wall=lambda: 42.0)
+    assert clock.now_ms() == 42_000  # no block seen yet: the host's wall clock
     clock.observe(100)
     mono.now += 2.5
     assert clock.now_ms() == 102_500

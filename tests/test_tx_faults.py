@@ -43,6 +43,7 @@ from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from tests.http_proxy import running_rpc_proxy
 from tests.node_helpers import wait_until
+from tests.rpc_proxy import running_rpc_proxy as lying_rpc_proxy
 
 OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
 GAS_ACCOUNT: LocalAccount = Account.from_key(GAS.private_key)
@@ -368,6 +369,32 @@ async def test_the_fixed_gas_bound_is_no_longer_enough_and_the_estimate_is(
     assert used > submit_output_gas_bound(data)
     async with manager(w3, anvil.chain_id) as txm:
         assert (await submit(runner_for(txm, enclave, devnet), devnet, job_id)).mined
+
+
+async def test_a_receipt_that_lags_its_mined_nonce_is_waited_for(
+    anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    """A busy node can count a nonce as mined before it serves the receipt (the soak test saw
+    it on anvil): a few missing receipts in quick succession are not "a tx not sent by us"."""
+    (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=30_000)
+    lagging = [6]
+
+    async def receipt_lags(method: str, params: list[Any], result: Any) -> Any:
+        if method == "eth_getTransactionReceipt" and result is not None and lagging[0] > 0:
+            lagging[0] -= 1
+            return None
+        return result
+
+    async with lying_rpc_proxy(anvil.http_url) as proxy:
+        proxy.rewrite = receipt_lags
+        client = AsyncWeb3(AsyncHTTPProvider(proxy.url))
+        try:
+            async with manager(client, anvil.chain_id) as txm:
+                outcome = await submit(runner_for(txm, enclave, devnet), devnet, job_id)
+        finally:
+            await client.provider.disconnect()
+    assert lagging == [0]
+    assert outcome.mined, outcome
 
 
 @pytest.mark.parametrize("size", [MAX_OUTPUT_BYTES])

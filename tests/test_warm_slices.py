@@ -358,3 +358,25 @@ async def test_falls_back_to_cold_when_the_loader_cannot_start(
     assert "warm slices UNAVAILABLE, every job runs cold" in caplog.text
     assert "unknown option --experimental" in caplog.text
     assert files_in(tmp_path / "runtime") == []
+
+
+async def test_a_keeper_that_dies_is_restarted_and_arms_again(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the keeper used to end it silently: every later job then ran cold."""
+    warm = _warm(sandbox)
+    real = warm._should_arm
+    broken = [True]
+
+    def should_arm_once_broken() -> bool:
+        if broken and broken.pop():
+            raise RuntimeError("a bug in the keeper")
+        return real()
+
+    monkeypatch.setattr(warm, "_should_arm", should_arm_once_broken)
+    with caplog.at_level(logging.ERROR):
+        outcome = await sandbox.execute(ECHO_JS, b"k", deadline_ms=5000)
+        assert outcome.output == b"echo:k"
+        await eventually(lambda: not broken)  # the keeper woke up and failed
+        await eventually(lambda: warm.ready_count == 2)  # restarted: the slice armed again
+    assert any("a bug in the keeper" in r.getMessage() for r in caplog.records)

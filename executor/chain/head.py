@@ -2,19 +2,19 @@
 
 One ``eth_getBlockByNumber("latest")`` per poll (read raw: :mod:`.raw`) gives all three; the tip
 suggestion is refreshed once per new block. Sending a transaction then needs no fee lookup: the
-fees are already known.
+fees are already known. Each head read feeds the daemon's one chain clock (:mod:`.clock`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from web3 import AsyncWeb3
 
 from executor.chain import raw
+from executor.chain.clock import ChainClock
 from executor.chain.txpolicy import Fees
 
 logger = logging.getLogger(__name__)
@@ -26,24 +26,20 @@ class Head:
     timestamp: int
     """Unix seconds: the chain time the contracts compare against."""
     base_fee: int
-    seen_at: float
-    """time.monotonic() when this head was read."""
 
 
 class ChainHead:
-    def __init__(self, w3: AsyncWeb3) -> None:
+    def __init__(self, w3: AsyncWeb3, clock: ChainClock | None = None) -> None:
         self._w3 = w3
+        self.clock = clock or ChainClock()
         self.latest: Head | None = None
         self._tip = 0
         self._pending_base_fee = 0
         self._new_block = asyncio.Event()
 
     def chain_now(self) -> float:
-        """Estimated chain time: the latest block's timestamp plus the time since it was read
-        (the daemon's clock until a block was read)."""
-        if self.latest is None:
-            return time.time()
-        return self.latest.timestamp + (time.monotonic() - self.latest.seen_at)
+        """Chain time now (unix seconds), from the chain clock."""
+        return self.clock.now()
 
     def fees(self) -> Fees:
         """Fees for a new transaction now: 2 x base fee + tip."""
@@ -54,7 +50,8 @@ class ChainHead:
         """Read the latest block; True if it is a new one."""
         number, timestamp, base_fee = await raw.block_header(self._w3, "latest")
         previous = self.latest
-        self.latest = Head(number, timestamp, base_fee, time.monotonic())
+        self.latest = Head(number, timestamp, base_fee)
+        self.clock.observe(timestamp)
         if previous is not None and previous.number == self.latest.number:
             return False
         self._pending_base_fee = 0

@@ -39,8 +39,11 @@ RECHECK_S = 2.0
 STALL_GRACE_S = 3.0
 """Without a block past ``valid_until``, a tx is withdrawn this long after its estimated expiry."""
 MISSING_RECEIPT_CHECKS = 3
-"""A mined nonce none of whose attempts has a receipt after this many checks went to a tx this
-process did not send."""
+"""A mined nonce none of whose attempts has a receipt after this many checks, ..."""
+MISSING_RECEIPT_S = 3.0
+"""... over at least this long, went to a tx this process did not send. A busy node can count a
+nonce as mined a moment before it serves the receipt, and the loop may check several times in
+that moment (each new transaction wakes it); a busy anvil does (``tests/soak.py`` shows it)."""
 
 
 class TxStatus(enum.Enum):
@@ -102,6 +105,8 @@ class Tracked:
     waiter: asyncio.Future[TxOutcome] | None = None
     withdrawing: bool = False
     missing_receipts: int = 0
+    missing_since: float = 0.0
+    """time.monotonic() of the first check that found no receipt for its mined nonce."""
     job_id: int | None = None
     """The job it serves: lines the background loop logs about it carry this job id."""
 
@@ -250,7 +255,12 @@ class InFlight:
             tracked.resolve(outcome)
             return
         tracked.missing_receipts += 1
-        if tracked.missing_receipts >= MISSING_RECEIPT_CHECKS:
+        if tracked.missing_receipts == 1:
+            tracked.missing_since = time.monotonic()
+        if (
+            tracked.missing_receipts >= MISSING_RECEIPT_CHECKS
+            and time.monotonic() - tracked.missing_since >= MISSING_RECEIPT_S
+        ):
             self._txs.pop(tracked.key, None)
             logger.error(
                 "%s: nonce %d was used by a transaction not sent by this process; not delivered",

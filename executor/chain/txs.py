@@ -35,6 +35,7 @@ from web3 import AsyncWeb3
 
 from executor.chain import raw
 from executor.chain.broadcast import Broadcaster
+from executor.chain.clock import ChainClock
 from executor.chain.head import ChainHead, Head
 from executor.chain.inflight import Attempt, InFlight, Tracked, TxOutcome, TxStatus
 from executor.chain.txpolicy import (
@@ -47,6 +48,7 @@ from executor.chain.txpolicy import (
 )
 from executor.chain.txsign import sign_dynamic_fee_tx
 from executor.metrics import NO_METRICS, Metrics
+from executor.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ OUT_OF_GAS_RETRIES = 3
 FUNDS_REPORT_INTERVAL_S = 60.0
 SEND_ATTEMPTS = 3
 PRECHECK_RETRY_S = 10.0
+LOOP_ERROR_BUDGET = 20
+"""Consecutive failed ticks of the loop after which the supervisor reports it down."""
 
 
 def _intrinsic_gas(data: bytes) -> int:
@@ -111,10 +115,12 @@ class TxManager:
         poll_s: float = 0.25,
         idle_poll_s: float = 1.0,
         metrics: Metrics = NO_METRICS,
+        clock: ChainClock | None = None,
     ) -> None:
         """``w3`` for reads; signed transactions go to every client of ``broadcast``.
         The head is polled every ``poll_s`` while transactions are in flight, else every
-        ``idle_poll_s``."""
+        ``idle_poll_s``; each read feeds ``clock``, the daemon's chain clock, against which
+        every window is judged."""
         self._w3 = w3
         self._metrics = metrics
         self._broadcaster = Broadcaster(broadcast or [w3])
@@ -125,7 +131,7 @@ class TxManager:
         self._nonces: dict[str, NonceBook] = {}
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self.head = ChainHead(w3)
+        self.head = ChainHead(w3, clock)
         self._inflight = InFlight(
             w3, self.head, send=self._send, on_no_funds=self._report_no_funds, wake=self._wake.set
         )
@@ -135,6 +141,7 @@ class TxManager:
         self._code_known: dict[str, tuple[bool, float]] = {}
         self.loop_errors = 0
         """Consecutive failed ticks of the background loop (0 when healthy)."""
+        self._loop_error = ""
 
     # --- account and chain state -----------------------------------------------------------------
 
@@ -168,10 +175,21 @@ class TxManager:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the background loop: as the part ``tx-manager`` of ``supervisor`` (restarted if
+        it dies, reported down while its ticks keep failing), else as a plain task."""
         self._closing = False
         if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._run(), name="tx-manager")
+            if supervisor is not None:
+                self._loop_task = supervisor.run("tx-manager", self._run, health=self.loop_trouble)
+            else:
+                self._loop_task = asyncio.create_task(self._run(), name="tx-manager")
+
+    def loop_trouble(self) -> str | None:
+        """Why the loop is not doing its work (``LOOP_ERROR_BUDGET`` ticks in a row failed)."""
+        if self.loop_errors < LOOP_ERROR_BUDGET:
+            return None
+        return f"{self.loop_errors} consecutive failed ticks: {self._loop_error}"
 
     async def close(self) -> None:
         """Stop the loop; submitters still waiting get FAILED ("shutting down"), and their
@@ -577,6 +595,7 @@ class TxManager:
                 raise
             except Exception as e:  # RPC trouble: nothing is forgotten, the next tick retries
                 self.loop_errors += 1
+                self._loop_error = f"{type(e).__name__}: {e}"[:200]
                 if self.loop_errors == 1 or self.loop_errors % 20 == 0:
                     logger.warning(
                         "transaction loop: %s (%d consecutive errors); %d tx in flight",

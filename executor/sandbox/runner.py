@@ -36,6 +36,7 @@ from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
 from executor.sandbox.warm import WarmPool, WarmWorker
 from executor.sandbox.workerd import JobFiles, WorkerdProcess
+from executor.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,11 @@ class Sandbox:
         idle = self._warm.idle_count if self._warm is not None else 0
         return self._pool.free_count + idle
 
-    def start(self) -> None:
-        """Start arming the warm slices in the background; returns at once."""
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start arming the warm slices in the background (under ``supervisor``); returns at
+        once."""
         if self._warm is not None:
-            self._warm.start()
+            self._warm.start(supervisor)
 
     async def close(self) -> None:
         """Kill the warm processes and release their slices (running jobs finish on their own)."""

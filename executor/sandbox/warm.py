@@ -47,6 +47,8 @@ from executor.sandbox.loader import (
     render_loader_config,
 )
 from executor.sandbox.workerd import FILE_PREFIX, WorkerdProcess, write_new_file
+from executor.supervisor import Supervisor
+from executor.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ class WarmPool:
         self.quiet_s = ARM_QUIET_S
         self._last_job_event = -ARM_QUIET_S  # loop time a job last started or finished
         self._arm_gate = asyncio.Semaphore(ARM_CONCURRENCY)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("warm")
         self._keeper: asyncio.Task[None] | None = None
 
     @property
@@ -152,11 +154,15 @@ class WarmPool:
         """The pids of the armed processes waiting for a job."""
         return [w.proc.pid for w in self._ready]
 
-    def start(self) -> None:
-        """Start arming in the background (returns at once)."""
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start arming in the background (returns at once): the keeper is the part
+        ``warm-keeper`` of ``supervisor`` (restarted if it dies), arming and retiring tasks its
+        part ``warm-tasks`` (each failure logged and counted)."""
         if self._keeper is not None or self.target == 0:
             return
-        self._keeper = asyncio.ensure_future(self._keep())
+        supervisor = supervisor or Supervisor()
+        self._tasks = supervisor.tasks("warm-tasks")
+        self._keeper = supervisor.run("warm-keeper", self._keep)
         self._wanted.set()
         log.info("warm slices: arming %d of %d in the background", self.target, self._pool.capacity)
 
@@ -166,8 +172,7 @@ class WarmPool:
         if keeper is not None:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-        while self._tasks:  # armings in progress end by themselves (bounded by ARM_TIMEOUT_S)
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.wait(None)  # armings in progress end by themselves (ARM_TIMEOUT_S)
         while self._ready:
             await self.retire(self._ready.popleft())
         self._changed.set()
@@ -252,7 +257,8 @@ class WarmPool:
     # --- the keeper ------------------------------------------------------------------------
 
     async def _keep(self) -> None:
-        await self._probe()
+        if self.available is None:  # not again when the keeper is restarted
+            await self._probe()
         while self.available is not False:
             with contextlib.suppress(TimeoutError):  # also polls: another process may free one
                 async with asyncio.timeout(self._until_quiet_s() or KEEPER_POLL_S):
@@ -288,10 +294,7 @@ class WarmPool:
         )
 
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name=name)
 
     async def _arm(self, slice_: Slice) -> None:
         try:

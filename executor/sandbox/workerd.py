@@ -13,9 +13,9 @@ which workerd runs unconfined; ``preexec_fn`` runs Python in the forked child, w
 while other threads run (the asyncio child watcher, executors) and forces the slow fork path.
 The wrapper costs one exec of ``/bin/sh`` (about a millisecond).
 
-Exits are learnt through pidfds (:class:`PidfdExitWatcher`) rather than asyncio's default on
-Python 3.11, a thread per child that the event loop waits for to start: with a workerd per job,
-that was a thread start on the loop for every job.
+Exits are learnt through pidfds: asyncio's default from Python 3.12 on, and on 3.11
+:class:`PidfdExitWatcher` rather than 3.11's default, a thread per child that the event loop waits
+for to start (with a workerd per job, a thread start on the loop for every job).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 import re
 import secrets
 import signal
-import warnings
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,64 +169,68 @@ class BoundedCapture:
         return text
 
 
-class PidfdExitWatcher(asyncio.AbstractChildWatcher):
-    """asyncio's child watcher, on pidfds (Linux 5.3+) and whatever loop spawned the child.
+_NEEDS_OWN_WATCHER = sys.version_info < (3, 12)
+"""Python 3.11's default child watcher starts a thread per child; from 3.12 on, asyncio watches
+children through pidfds on the running loop by itself (and 3.14 removes the watcher API)."""
 
-    asyncio's own ``PidfdChildWatcher`` on Python 3.11 serves the one loop it was attached to;
-    this one serves the running loop of each spawn, like the watcher of later Pythons.
-    """
+if _NEEDS_OWN_WATCHER:
 
-    def is_active(self) -> bool:
-        return True
+    class PidfdExitWatcher(asyncio.AbstractChildWatcher):
+        """asyncio's child watcher on pidfds (Linux 5.3+), for Python 3.11 only: it serves the
+        running loop of each spawn (3.11's own ``PidfdChildWatcher`` serves the one loop it was
+        attached to), as the default watcher of later Pythons does."""
 
-    def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        pass
+        def is_active(self) -> bool:
+            return True
 
-    def close(self) -> None:
-        pass
+        def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+            pass
 
-    def __enter__(self) -> PidfdExitWatcher:
-        return self
+        def close(self) -> None:
+            pass
 
-    def __exit__(self, *exc: object) -> None:
-        pass
+        def __enter__(self) -> PidfdExitWatcher:
+            return self
 
-    def add_child_handler(  # type: ignore[override]  # (the stub's TypeVarTuple form)
-        self, pid: int, callback: Callable[..., object], *args: Any
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(pid)
-        loop.add_reader(pidfd, self._exited, loop, pid, pidfd, callback, args)
+        def __exit__(self, *exc: object) -> None:
+            pass
 
-    def remove_child_handler(self, pid: int) -> bool:
-        return False  # asyncio calls this only for watchers that reap on their own schedule
+        def add_child_handler(  # type: ignore[override]  # (the stub's TypeVarTuple form)
+            self, pid: int, callback: Callable[..., object], *args: Any
+        ) -> None:
+            loop = asyncio.get_running_loop()
+            pidfd = os.pidfd_open(pid)
+            loop.add_reader(pidfd, self._exited, loop, pid, pidfd, callback, args)
 
-    @staticmethod
-    def _exited(
-        loop: asyncio.AbstractEventLoop,
-        pid: int,
-        pidfd: int,
-        callback: Callable[..., object],
-        args: tuple[Any, ...],
-    ) -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        try:
-            _, status = os.waitpid(pid, 0)
-            returncode = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:
-            returncode = 255  # reaped elsewhere; asyncio reports the same
-        callback(pid, returncode, *args)
+        def remove_child_handler(self, pid: int) -> bool:
+            return False  # asyncio calls this only for watchers that reap on their own schedule
+
+        @staticmethod
+        def _exited(
+            loop: asyncio.AbstractEventLoop,
+            pid: int,
+            pidfd: int,
+            callback: Callable[..., object],
+            args: tuple[Any, ...],
+        ) -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            try:
+                _, status = os.waitpid(pid, 0)
+                returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                returncode = 255  # reaped elsewhere; asyncio reports the same
+            callback(pid, returncode, *args)
 
 
 _exit_watcher_installed = False
 
 
 def use_pidfd_exit_watcher() -> None:
-    """Install :class:`PidfdExitWatcher` for this process (idempotent); where the kernel has no
-    pidfds, asyncio's default stays."""
+    """On Python 3.11, install :class:`PidfdExitWatcher` for this process (idempotent); where
+    the kernel has no pidfds, asyncio's default stays. Later Pythons need nothing."""
     global _exit_watcher_installed
-    if _exit_watcher_installed:
+    if _exit_watcher_installed or not _NEEDS_OWN_WATCHER:
         return
     _exit_watcher_installed = True
     try:
@@ -234,9 +238,7 @@ def use_pidfd_exit_watcher() -> None:
     except (AttributeError, OSError):
         log.info("no pidfds here: child exits are watched by asyncio's default (a thread each)")
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the API is deprecated from 3.12 on
-        asyncio.set_child_watcher(PidfdExitWatcher())
+    asyncio.set_child_watcher(PidfdExitWatcher())
 
 
 class WorkerdProcess:
