@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,8 +42,8 @@ def parent() -> Iterator[Path]:
 
 def _sandbox(parent: Path, tmp_path: Path, warm_workers: int | None, workerd: Path) -> Sandbox:
     runtime, store = tmp_path / "runtime", tmp_path / "secrets"
-    runtime.mkdir(exist_ok=True)
-    store.mkdir(exist_ok=True)
+    runtime.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
     return Sandbox(
         workerd_bin=workerd,
         runtime_path=runtime,
@@ -297,35 +296,29 @@ async def test_zero_warm_workers_is_the_cold_path(parent: Path, tmp_path: Path) 
     await sandbox.close()
 
 
-async def test_a_slice_whose_port_is_taken_is_retried_not_given_up(
-    parent: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_two_pools_of_equally_numbered_slices_share_a_host_without_port_clashes(
+    parent: Path, tmp_path: Path
 ) -> None:
-    sandbox = _sandbox(parent, tmp_path, None, workerd_bin_or_skip())
-    assert sandbox.pool is not None
-    blocked = sandbox.pool.slices[0]
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as workerd binds it
-    try:
-        squatter.bind(("127.0.0.1", blocked.port))
-    except OSError as e:
-        squatter.close()
-        pytest.skip(f"port {blocked.port} is in use on this machine: {e}")
-    squatter.listen()
-    with caplog.at_level(logging.WARNING, logger="executor.sandbox.warm"):
-        sandbox.start()
+    # A daemon and a test suite (or `oyster-executor run`) on one host, each with its workerd_1..2:
+    # slices own no port, so both arm every slice and serve jobs at once.
+    workerd = workerd_bin_or_skip()
+    with slice_parent(count=2) as other_parent:
+        first = _sandbox(parent, tmp_path / "a", None, workerd)
+        second = _sandbox(other_parent, tmp_path / "b", None, workerd)
+        first.start()
+        second.start()
         try:
-            warm = _warm(sandbox)
-            await eventually(lambda: warm.ready_count == 1)
-            assert warm.available is True  # one busy port does not turn warm slices off
-            await eventually(lambda: f"cannot arm slice {blocked.name} (retrying" in caplog.text)
-            outcome = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
-            assert outcome.output == b"echo:x"
-            squatter.close()
-            await eventually(lambda: warm.ready_count == 2)  # armed on a later try
+            await eventually(lambda: _warm(first).ready_count == _warm(second).ready_count == 2)
+            ports = set(_warm(first).ready_ports()) | set(_warm(second).ready_ports())
+            assert len(ports) == 4
+            outcomes = await asyncio.gather(
+                *(sb.execute(ECHO_JS, b"p", deadline_ms=5000) for sb in (first, second) * 2)
+            )
+            assert [o.output for o in outcomes] == [b"echo:p"] * 4
+            assert first.runs["warm"] == second.runs["warm"] == 2
         finally:
-            squatter.close()
-            await sandbox.close()
-    assert files_in(tmp_path / "runtime") == []
+            await first.close()
+            await second.close()
 
 
 # --- fallback -------------------------------------------------------------------------------

@@ -221,8 +221,9 @@ async def test_the_code_sees_a_plain_post_and_only_its_own_env(env: Env) -> None
 
 
 async def test_outbound_fetch_to_loopback_and_private_addresses_is_refused(env: Env) -> None:
-    # Includes the slices' own ports: a job cannot reach a warm process waiting in another slice.
-    targets = [f"http://127.0.0.1:{s.port}/" for s in env.pool.slices]
+    # Includes the warm processes' ports: a job cannot reach one waiting in another slice.
+    ports = env.sandbox.warm.ready_ports() if env.sandbox.warm is not None else []
+    targets = [f"http://127.0.0.1:{port}/" for port in ports]
     targets += ["http://localhost:1/", "http://[::1]:1/", "http://10.0.0.1:1/"]
     outcome = await env.sandbox.execute(OUTBOUND_JS, " ".join(targets).encode(), deadline_ms=10_000)
     assert outcome.error_code == ErrorCode.OK

@@ -1,7 +1,9 @@
 """The pool of cgroup v2 slices that confine workerd, one job per slice (docs/protocol.md §5).
 
 Slices are the groups ``workerd_<N>`` that ``cgroup_setup.sh`` creates under a parent group (by
-default the cgroup2 mount root). Slice ``workerd_N`` owns the port ``11000 + N``.
+default the cgroup2 mount root). A slice owns no port: workerd in it listens on a port the kernel
+picks (``127.0.0.1:0``, reported through workerd's control fd), so processes sharing a host never
+collide on one.
 
 A slice is handed to a job by :meth:`SlicePool.reserve` and given back by
 :meth:`SlicePool.release`, which kills everything left in it and checks that it is empty. A slice
@@ -34,7 +36,6 @@ from executor.errors import NoFreeSliceError, SliceSetupError
 log = logging.getLogger(__name__)
 
 SLICE_PREFIX = "workerd_"
-BASE_PORT = 11000
 KILL_TIMEOUT_S = 2.0
 SETUP_HINT = "run `sudo ./cgroup_setup.sh` (see --help) to create them"
 
@@ -65,7 +66,7 @@ def find_cgroup2_mount(mountinfo: Path = _MOUNTINFO) -> Path:
 
 @dataclass(frozen=True)
 class Slice:
-    """One cgroup ``workerd_<index>``; the job confined to it listens on :attr:`port`."""
+    """One cgroup ``workerd_<index>``."""
 
     index: int
     path: Path
@@ -73,10 +74,6 @@ class Slice:
     @property
     def name(self) -> str:
         return f"{SLICE_PREFIX}{self.index}"
-
-    @property
-    def port(self) -> int:
-        return BASE_PORT + self.index
 
     @property
     def procs_file(self) -> Path:

@@ -186,12 +186,11 @@ class Sandbox:
                         frame = encode_frame(code, inputs, secret_bytes)
                         verdict, body = await self._warm.request(worker, frame)
                     else:
-                        listen = slice_.port if slice_ is not None else 0
                         config: Path | bytes | None = None
                         if self._configs is not None:
-                            config = self._configs.job(code, port=listen, secret=secret_bytes)
+                            config = self._configs.job(code, port=0, secret=secret_bytes)
                         if config is None:
-                            files = self._write_files(job, code, slice_, secret)
+                            files = self._write_files(job, code, secret)
                             config = files.config
                         proc = await WorkerdProcess.spawn(
                             self._workerd_bin,
@@ -288,16 +287,9 @@ class Sandbox:
         finally:
             self._warm.retire_later(worker)
 
-    def _write_files(
-        self, job: str, code: bytes, slice_: Slice | None, secret: Path | None
-    ) -> JobFiles:
+    def _write_files(self, job: str, code: bytes, secret: Path | None) -> JobFiles:
         try:
-            return JobFiles.write(
-                self._runtime_path,
-                code,
-                port=slice_.port if slice_ is not None else 0,
-                secret_path=secret,
-            )
+            return JobFiles.write(self._runtime_path, code, port=0, secret_path=secret)
         except OSError as e:
             raise SandboxError(f"{job}: cannot write its files: {e}") from e
 

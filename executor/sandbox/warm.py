@@ -17,9 +17,12 @@ are running, and a burst would pay for the next burst's preparation. Arming resu
 CPU has room and the jobs have paused for a moment (``ARM_QUIET_S``: the jobs of one block reach
 the sandbox over some milliseconds, not at once), so an idle node keeps every slice warm.
 
-Whether this workerd has a Worker Loader at all is decided once, at start, by a probe on an
-ephemeral port: if it has not (no ``--experimental`` / ``workerLoader``), the pool says so in the
-log and stands down, and every job takes the cold path.
+Every loader listens on a port the kernel picks (``127.0.0.1:0``, reported on workerd's control
+fd), so slices own no port and processes sharing a host cannot collide.
+
+Whether this workerd has a Worker Loader at all is decided once, at start, by a probe: if it has
+not (no ``--experimental`` / ``workerLoader``), the pool says so in the log and stands down, and
+every job takes the cold path.
 """
 
 from __future__ import annotations
@@ -151,6 +154,10 @@ class WarmPool:
     def ready_pids(self) -> list[int]:
         """The pids of the armed processes waiting for a job."""
         return [w.proc.pid for w in self._ready]
+
+    def ready_ports(self) -> list[int]:
+        """The loopback ports the armed processes listen on (each picked by the kernel)."""
+        return [w.port for w in self._ready]
 
     def start(self) -> None:
         """Start arming in the background (returns at once)."""
@@ -311,14 +318,10 @@ class WarmPool:
         self._wanted.set()
 
     async def _probe(self) -> None:
-        """Decide once whether this workerd has a Worker Loader: start the loader on an ephemeral
-        port, outside any slice (it runs only our loader, no user code), and ask it once.
-
-        A slice's own port may be taken for a while (another process): that is a reason to retry
-        that slice, not to give up on warm slices.
-        """
+        """Decide once whether this workerd has a Worker Loader: start the loader outside any
+        slice (it runs only our loader, no user code), and ask it once."""
         try:
-            proc, files, _, connection = await self._launch(port=0, cgroup_procs=None)
+            proc, files, _, connection = await self._launch(cgroup_procs=None)
         except ArmError as e:
             self.available = False
             log.error(
@@ -340,9 +343,7 @@ class WarmPool:
 
     async def _start_worker(self, slice_: Slice) -> WarmWorker:
         try:
-            proc, files, port, connection = await self._launch(
-                port=slice_.port, cgroup_procs=slice_.procs_file
-            )
+            proc, files, port, connection = await self._launch(cgroup_procs=slice_.procs_file)
         except BaseException:
             with contextlib.suppress(OSError):
                 slice_.trigger_kill()
@@ -351,7 +352,7 @@ class WarmPool:
         return WarmWorker(slice_, proc, files, port, connection)
 
     async def _launch(
-        self, *, port: int, cgroup_procs: Path | None
+        self, *, cgroup_procs: Path | None
     ) -> tuple[WorkerdProcess, tuple[Path, ...], int, http1.KeptConnection | None]:
         """Start the loader (from a binary config, else from its files, written here), ask it
         once; ``ArmError`` (all cleaned up) if that fails."""
@@ -360,12 +361,12 @@ class WarmPool:
         try:
             config: Path | bytes
             if self._configs is not None:
-                config = self._configs.loader(LOADER_JS, port=port)
+                config = self._configs.loader(LOADER_JS, port=0)
             else:
                 stem = self._runtime_path / f"{FILE_PREFIX}loader-{secrets.token_hex(8)}"
                 files = (stem.with_suffix(".js"), stem.with_suffix(".capnp"))
                 write_new_file(files[0], LOADER_JS.encode())
-                rendered = render_loader_config(loader_file=files[0].name, port=port)
+                rendered = render_loader_config(loader_file=files[0].name, port=0)
                 write_new_file(files[1], rendered.encode())
                 config = files[1]
             async with asyncio.timeout(ARM_TIMEOUT_S):
