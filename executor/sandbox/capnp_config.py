@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.sandbox.loader import LOADER_ID
-from executor.sandbox.workerd import COMPATIBILITY_DATE, binary_config_fd
+from executor.sandbox.workerd import COMPATIBILITY_DATE, V8_FLAGS, binary_config_fd
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ class BinaryConfigs:
         socket.address = f"127.0.0.1:{port}"
         socket.init("http")
         socket.service.name = "main"
+        config.v8Flags = list(V8_FLAGS)
         return bytes(config.to_bytes())
 
 

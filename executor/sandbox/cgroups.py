@@ -84,6 +84,19 @@ class Slice:
         """Processes currently in the slice (raises ``OSError`` if the group is gone)."""
         return [int(p) for p in self.procs_file.read_text().split()]
 
+    def oom_kills(self) -> int | None:
+        """The kernel's count of processes killed in the slice for exceeding ``memory.max``
+        (``memory.events``); ``None`` without the memory controller."""
+        try:
+            events = (self.path / "memory.events").read_text()
+        except OSError:
+            return None
+        for line in events.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return None
+
     def trigger_kill(self) -> bool:
         """Have the kernel SIGKILL everything in the slice; ``False`` if there is no cgroup.kill."""
         try:

@@ -39,7 +39,7 @@ import struct
 from enum import Enum
 
 from executor.errors import SandboxError
-from executor.sandbox.workerd import COMPATIBILITY_DATE, capnp_string
+from executor.sandbox.workerd import COMPATIBILITY_DATE, V8_FLAGS, capnp_string
 
 VERDICT_HEADER = "x-oyster-loader-verdict"
 NO_SECRET = 0xFFFFFFFF
@@ -115,6 +115,7 @@ def render_loader_config(*, loader_file: str, port: int) -> str:
 const config :Workerd.Config = (
   services = [ (name = "main", worker = .loaderWorker) ],
   sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+  v8Flags = [ {", ".join(capnp_string(flag) for flag in V8_FLAGS)} ],
 );
 
 const loaderWorker :Workerd.Worker = (

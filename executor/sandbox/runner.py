@@ -22,20 +22,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from executor.errors import NoFreeSliceError, SandboxError
-from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
-from executor.sandbox import http1
+from executor.outcome import ErrorCode, JobOutcome
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
-from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
+from executor.sandbox.paths import ColdPath, ExecutionPath, Job, WarmPath
 from executor.sandbox.warm import WarmPool, WarmWorker
-from executor.sandbox.workerd import JobFiles, WorkerdProcess
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +157,13 @@ class Sandbox:
         label: str = "",
     ) -> JobOutcome:
         """Run ``code`` once with ``inputs`` as the request body, within ``deadline_ms``."""
-        job = f"job {label}" if label else "job"
+        name = f"job {label}" if label else "job"
         secret = self.secret_path(secret_id)
         # Read before a slot is taken: a warm job hands the bytes to the loader, a binary config
         # carries them.
         wanted = self._warm is not None or self._configs is not None
-        secret_bytes = _read_secret(job, secret) if wanted else None
-        slice_: Slice | None = None
-        files: JobFiles | None = None
-        proc: WorkerdProcess | None = None
-        worker: WarmWorker | None = None
+        job = Job(name, code, inputs, secret, _read_secret(name, secret) if wanted else None)
+        path: ExecutionPath | None = None
         extra_logs = ""
         if self._warm is not None:
             self._warm.job_started()
@@ -178,77 +172,45 @@ class Sandbox:
             timeout = asyncio.timeout(deadline_ms / 1000)
             try:
                 async with timeout:
-                    worker, slice_ = await self._take_slot()
-                    self.runs["warm" if worker is not None else "cold"] += 1
-                    if worker is not None:
-                        assert self._warm is not None
-                        proc = worker.proc
-                        frame = encode_frame(code, inputs, secret_bytes)
-                        verdict, body = await self._warm.request(worker, frame)
-                    else:
-                        config: Path | bytes | None = None
-                        if self._configs is not None:
-                            config = self._configs.job(code, port=0, secret=secret_bytes)
-                        if config is None:
-                            files = self._write_files(job, code, secret)
-                            config = files.config
-                        proc = await WorkerdProcess.spawn(
-                            self._workerd_bin,
-                            config,
-                            cwd=self._runtime_path,
-                            cgroup_procs=slice_.procs_file if slice_ is not None else None,
-                        )
-                        port = await proc.wait_listening()
-                        if port is None:
-                            await proc.wait()
-                            await asyncio.wait([proc.stderr.task])  # all of stderr, uncancelled
-                        else:
-                            body = await http1.post(port, inputs, limit=MAX_OUTPUT_BYTES + 1)
+                    path = await self._take_path()
+                    self.runs[path.name] += 1
+                    error_code, output, extra_logs = await path.run(job)
             except TimeoutError:
                 if not timeout.expired():
                     raise
                 error_code, output, elapsed_ms = ErrorCode.DEADLINE_EXCEEDED, b"", deadline_ms
-            except http1.HttpError as e:
-                raise SandboxError(f"{job}: request to workerd failed: {e}") from e
-            except OSError as e:  # after TimeoutError and HttpError, which are OSErrors too
-                raise SandboxError(f"{job}: cannot start workerd: {e}") from e
             else:
                 elapsed_ms = min(deadline_ms, int((time.monotonic() - started) * 1000))
-                if worker is not None:
-                    error_code, output, extra_logs = _warm_outcome(job, verdict, body)
-                elif port is None:
-                    assert proc is not None
-                    if b"SyntaxError" not in proc.stderr.data:
-                        raise SandboxError(
-                            f"{job}: workerd exited with status {proc.returncode} before "
-                            f"listening: {proc.stderr_tail()}"
-                        )
-                    error_code, output = ErrorCode.SYNTAX_ERROR, b""
-                elif len(body) > MAX_OUTPUT_BYTES:
-                    error_code, output = ErrorCode.OUTPUT_TOO_LARGE, b""
-                else:
-                    error_code, output = ErrorCode.OK, body
         finally:
             try:
-                if worker is not None:
-                    await _run_to_completion(self._finish_warm(worker))
-                else:
-                    await _run_to_completion(self._clean_up(proc, slice_, files))
+                if path is not None:
+                    await _run_to_completion(path.finish())
             finally:
                 if self._warm is not None:
                     self._warm.job_finished()
-        log.debug(
-            "%s: error code %d in %d ms (%s)",
-            job,
-            error_code,
-            elapsed_ms,
-            "warm" if worker is not None else "cold",
-        )
+        where = path.name if path is not None else "no slot"
+        log.debug("%s: error code %d in %d ms (%s)", name, error_code, elapsed_ms, where)
+        proc = path.proc if path is not None else None
         return JobOutcome(
             output=output,
             error_code=error_code,
             total_time_ms=elapsed_ms,
             logs=(proc.logs() if proc is not None else "") + extra_logs,
+        )
+
+    async def _take_path(self) -> ExecutionPath:
+        """The path of the next job: a warm worker's, else a cold start in a free slice."""
+        worker, slice_ = await self._take_slot()
+        if worker is not None:
+            assert self._warm is not None
+            return WarmPath(self._warm, worker, complete_logs=self._complete_logs)
+        return ColdPath(
+            workerd_bin=self._workerd_bin,
+            runtime_path=self._runtime_path,
+            configs=self._configs,
+            pool=self._pool,
+            slice_=slice_,
+            warm=self._warm,
         )
 
     async def _take_slot(self) -> tuple[WarmWorker | None, Slice | None]:
@@ -276,42 +238,6 @@ class Sandbox:
                 warm.slice_freed()  # nobody waits: the keeper may arm again
         return None, await self._pool.acquire()
 
-    async def _finish_warm(self, worker: WarmWorker) -> None:
-        """Kill the job's process (at once: it can run nothing more), then re-arm its slice in
-        the background; with ``complete_logs``, first read its output to the end."""
-        assert self._warm is not None
-        self._warm.kill(worker)
-        try:
-            if self._complete_logs:
-                await worker.proc.close()
-        finally:
-            self._warm.retire_later(worker)
-
-    def _write_files(self, job: str, code: bytes, secret: Path | None) -> JobFiles:
-        try:
-            return JobFiles.write(self._runtime_path, code, port=0, secret_path=secret)
-        except OSError as e:
-            raise SandboxError(f"{job}: cannot write its files: {e}") from e
-
-    async def _clean_up(
-        self, proc: WorkerdProcess | None, slice_: Slice | None, files: JobFiles | None
-    ) -> None:
-        try:
-            if proc is not None:
-                proc.kill()
-            if files is not None:
-                files.remove()
-            if proc is not None:
-                # Reaped before the slice is free again: an empty cgroup.procs does not prove
-                # that every thread has exited, and the next job in this slice needs its port.
-                await proc.close()
-        finally:
-            if slice_ is not None:
-                assert self._pool is not None
-                await self._pool.release(slice_)
-                if self._warm is not None:
-                    self._warm.slice_freed()
-
 
 def _read_secret(job: str, path: Path | None) -> bytes | None:
     if path is None:
@@ -320,22 +246,6 @@ def _read_secret(job: str, path: Path | None) -> bytes | None:
         return path.read_bytes()
     except OSError as e:
         raise SandboxError(f"{job}: cannot read its secret {path}: {e.strerror}") from e
-
-
-def _warm_outcome(job: str, verdict: Verdict, body: bytes) -> tuple[ErrorCode, bytes, str]:
-    """The cold path's outcome for what the loader reported: (error code, output, extra logs)."""
-    if verdict is Verdict.RESPONDED:
-        if len(body) > MAX_OUTPUT_BYTES:
-            return ErrorCode.OUTPUT_TOO_LARGE, b"", ""
-        return ErrorCode.OK, body, ""
-    report = body.decode("utf-8", errors="replace")
-    if verdict is Verdict.EXCEPTION:  # cold: workerd answers 500 with this body
-        return ErrorCode.OK, COLD_500_BODY, ""
-    if verdict is Verdict.START_SYNTAX:  # cold: workerd exits before listening, SyntaxError
-        return ErrorCode.SYNTAX_ERROR, b"", report + "\n"
-    # cold: workerd exits before listening for another reason
-    tail = re.sub(r"[^\x20-\x7e]+", " ", report[-400:]).strip()
-    raise SandboxError(f"{job}: the code failed to start (before listening, cold): {tail}")
 
 
 async def _run_to_completion(cleanup: Coroutine[Any, Any, None]) -> None:

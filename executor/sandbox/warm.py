@@ -370,17 +370,14 @@ class WarmPool:
                 write_new_file(files[1], rendered.encode())
                 config = files[1]
             async with asyncio.timeout(ARM_TIMEOUT_S):
-                proc = await WorkerdProcess.spawn(
+                proc, listening = await WorkerdProcess.start(
                     self._workerd_bin,
                     config,
                     cwd=self._runtime_path,
                     cgroup_procs=cgroup_procs,
                     extra_args=("--experimental",),
                 )
-                listening = await proc.wait_listening()
                 if listening is None:
-                    await proc.wait()
-                    await asyncio.wait([proc.stderr.task])
                     raise ArmError(
                         f"workerd exited with status {proc.returncode}: {proc.stderr_tail()}"
                     )
@@ -391,6 +388,7 @@ class WarmPool:
                 raise ArmError(f"warm-up answered {verdict.value}: {body[:200]!r}")
             proc.stdout.forget()
             proc.stderr.forget()
+            proc.cap_memory()  # from here on, what the job may add
             return proc, files, listening, connection
         except BaseException as e:
             if proc is not None:
