@@ -27,7 +27,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +168,10 @@ class SlicePool:
         self._locks: dict[int, int] = {}  # slice index -> fd of its locked directory
         self._out_of_service: set[int] = set()
         self._freed = asyncio.Event()
+        self.on_release: list[Callable[[], None]] = []
+        """Called after every release (the admission queue hands the slice on)."""
+        self.foreign_locked = 0
+        """Slices the last :meth:`reserve` found locked by another process."""
 
     @classmethod
     def discover(cls, parent: Path | None = None) -> SlicePool:
@@ -233,11 +237,14 @@ class SlicePool:
 
     def reserve(self) -> Slice:
         """Take a free, empty slice for one job; raises ``NoFreeSliceError`` when there is none."""
+        self.foreign_locked = 0
         for s in self._slices:
             if s.index in self._locks or s.index in self._out_of_service:
                 continue
             fd = self._try_lock(s)
             if fd is None:
+                if s.index not in self._out_of_service:
+                    self.foreign_locked += 1
                 continue
             try:
                 leftovers = s.pids()
@@ -279,13 +286,29 @@ class SlicePool:
             del self._locks[slice_.index]
             os.close(fd)
             self._freed.set()
+            self._released()
+
+    def unreserve(self, slice_: Slice) -> None:
+        """Give back a slice :meth:`reserve` returned and nothing has used (still empty)."""
+        fd = self._locks.pop(slice_.index)
+        os.close(fd)
+        self._freed.set()
+        self._released()
+
+    def _released(self) -> None:
+        for callback in self.on_release:
+            try:
+                callback()
+            except Exception:
+                log.exception("slice release callback failed")
 
     async def acquire(self, poll_s: float = 0.05) -> Slice:
         """Reserve a slice, waiting while every slice is busy; bound it with a timeout or cancel.
 
         Only "all busy" waits: when no slice is in service it raises ``NoFreeSliceError`` at once.
         Releases in this process wake the waiters; slices locked by another process (a local
-        ``oyster-executor run``) are noticed by polling.
+        ``oyster-executor run``) are noticed by looking again every ``poll_s``. (The sandbox queues
+        its jobs with :class:`.admission.Admission` instead.)
         """
         while True:
             try:

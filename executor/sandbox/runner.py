@@ -27,17 +27,15 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from executor.errors import NoFreeSliceError, SandboxError
+from executor.errors import SandboxError
 from executor.outcome import ErrorCode, JobOutcome
+from executor.sandbox.admission import Admission
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.paths import ColdPath, ExecutionPath, Job, WarmPath
 from executor.sandbox.warm import WarmPool, WarmWorker
 
 log = logging.getLogger(__name__)
-
-SLOT_POLL_S = 0.05
-"""While every slice is busy, how often a waiting job looks again (releases also wake it)."""
 
 
 class Sandbox:
@@ -94,6 +92,7 @@ class Sandbox:
                 target=warm_workers,
                 configs=self._configs,
             )
+        self._admission = Admission(pool, self._warm) if pool is not None else None
 
     @property
     def pool(self) -> SlicePool | None:
@@ -214,29 +213,10 @@ class Sandbox:
         )
 
     async def _take_slot(self) -> tuple[WarmWorker | None, Slice | None]:
-        """A warm worker, else a free slice for a cold start, waiting while there is neither."""
-        if self._pool is None:
+        """A warm worker, else a free slice for a cold start, queueing while there is neither."""
+        if self._admission is None:
             return None, None
-        warm = self._warm
-        if warm is None or not warm.active:
-            return None, await self._pool.acquire()
-        warm.waiting += 1
-        try:
-            while warm.active:
-                worker = warm.take()
-                if worker is not None:
-                    return worker, None
-                try:
-                    return None, self._pool.reserve()
-                except NoFreeSliceError:
-                    if self._pool.capacity == 0:
-                        raise
-                await warm.wait_changed(SLOT_POLL_S)
-        finally:
-            warm.waiting -= 1
-            if warm.waiting == 0:
-                warm.slice_freed()  # nobody waits: the keeper may arm again
-        return None, await self._pool.acquire()
+        return await self._admission.take()
 
 
 def _read_secret(job: str, path: Path | None) -> bytes | None:

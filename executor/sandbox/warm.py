@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,8 @@ class WarmPool:
         self.available: bool | None = None if self.target > 0 else False
         """``None`` until the start-up probe tells; ``False``: this workerd has no loader."""
         self._changed = asyncio.Event()  # a worker got ready, a slice freed, or stood down
+        self.on_change: list[Callable[[], None]] = []
+        """Called whenever :attr:`_changed` is set (the admission queue hands slots on)."""
         self._wanted = asyncio.Event()  # a slot opened: the keeper arms another slice
         self.waiting = 0
         """Jobs waiting for a slot (see :meth:`_should_arm`); kept by the sandbox."""
@@ -177,7 +179,7 @@ class WarmPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         while self._ready:
             await self.retire(self._ready.popleft())
-        self._changed.set()
+        self._notify()
 
     def take(self) -> WarmWorker | None:
         """A ready worker for one job, now; ``None`` if none is ready."""
@@ -237,8 +239,21 @@ class WarmPool:
 
     def slice_freed(self) -> None:
         """A slice of the pool was released: wake waiting jobs and the keeper."""
-        self._changed.set()
+        self._notify()
         self._wanted.set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        for callback in self.on_change:
+            try:
+                callback()
+            except Exception:
+                log.exception("warm pool change callback failed")
+
+    def give_back(self, worker: WarmWorker) -> None:
+        """Return a worker :meth:`take` gave out and no job used (its job was cancelled first)."""
+        self._ready.append(worker)
+        self._notify()
 
     def job_started(self) -> None:
         self.running += 1
@@ -309,7 +324,7 @@ class WarmPool:
             )
         else:
             self._ready.append(worker)
-            self._changed.set()
+            self._notify()
             return
         finally:
             self._arming -= 1
@@ -329,7 +344,7 @@ class WarmPool:
                 "the Worker Loader did not start (%s)",
                 e,
             )
-            self._changed.set()
+            self._notify()
             return
         if connection is not None:
             await connection.close()
