@@ -32,8 +32,8 @@ from pathlib import Path
 
 import aiohttp
 
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool, find_cgroup2_mount
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.workerd import render_config
 from oyster_devnet.tools import REPO_ROOT, workerd_binary
 

@@ -26,8 +26,8 @@ from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
 from executor.metrics import Metrics, metrics_app
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
-from executor.sandbox.runner import Sandbox
 from executor.service import ExecutorService
 
 logger = logging.getLogger(__name__)

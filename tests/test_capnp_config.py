@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from executor.sandbox import Sandbox
 from executor.sandbox.capnp_config import (
     SCHEMA_ENV,
     BinaryConfigs,
@@ -23,7 +24,6 @@ from executor.sandbox.capnp_config import (
     find_schema,
 )
 from executor.sandbox.loader import LOADER_ID, LOADER_JS, render_loader_config
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.workerd import render_config
 from tests.sandbox_helpers import (
     ECHO_JS,

@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 
 from executor.outcome import ErrorCode
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.workerd import JobFiles, render_config
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet

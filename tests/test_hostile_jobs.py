@@ -20,8 +20,8 @@ import pytest
 
 from executor.errors import WorkerdCrashError
 from executor.outcome import ErrorCode
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.warm import WarmWorker
 from executor.sandbox.workerd import job_nice
 from tests.sandbox_helpers import (

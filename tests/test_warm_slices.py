@@ -16,10 +16,10 @@ import pytest
 
 from executor.errors import SandboxError
 from executor.outcome import ErrorCode
+from executor.sandbox import Sandbox
 from executor.sandbox import warm as warm_module
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.loader import NO_SECRET, Verdict, encode_frame
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.warm import WarmPool, WarmWorker
 from tests.sandbox_helpers import (
     ECHO_JS,
