@@ -49,7 +49,13 @@ from executor.sandbox.loader import (
     Verdict,
     render_loader_config,
 )
-from executor.sandbox.workerd import FILE_PREFIX, WorkerdProcess, write_new_file
+from executor.sandbox.workerd import (
+    ARM_NICE,
+    FILE_PREFIX,
+    WorkerdProcess,
+    lower_priority,
+    write_new_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +193,7 @@ class WarmPool:
             worker = self._ready.pop()  # the most recently armed: its connection is the freshest
             if worker.proc.returncode is None:
                 self._wanted.set()
+                lower_priority(worker.proc.pid)  # from the arming priority to a job's
                 return worker
             log.warning("warm workerd in %s died while idle; re-arming", worker.slice.name)
             self._background(self.retire(worker), f"retire {worker.slice.name}")
@@ -391,6 +398,7 @@ class WarmPool:
                     cwd=self._runtime_path,
                     cgroup_procs=cgroup_procs,
                     extra_args=("--experimental",),
+                    nice=ARM_NICE,
                 )
                 if listening is None:
                     raise ArmError(

@@ -52,6 +52,9 @@ JOB_NICE = 10
 """How much nicer than the daemon every workerd runs (a lower scheduling priority, at most nice
 19): signing, submitting and the timeout watch keep their timing under a full load of spinning
 jobs, and so does the re-arming of warm slices (workerd start-ups)."""
+ARM_NICE = 19
+"""The nice value of a warm slice's workerd while it starts and waits (the lowest priority): its
+start-up CPU does not compete with running jobs; it gets :func:`job_nice` when a job takes it."""
 V8_FLAGS = (f"--max-heap-size={JOB_HEAP_MB}",)
 """The ``v8Flags`` of every workerd config."""
 
@@ -299,11 +302,12 @@ def job_nice() -> int:
     return min(19, os.getpriority(os.PRIO_PROCESS, 0) + JOB_NICE)
 
 
-def lower_priority(pid: int) -> None:
-    """Make process group ``pid`` (a workerd started in its own session) :data:`JOB_NICE` nicer
-    than this process: every thread it has now; the threads it starts later inherit it."""
+def lower_priority(pid: int, nice: int | None = None) -> None:
+    """Give process group ``pid`` (a workerd started in its own session) ``nice`` (default
+    :func:`job_nice`): every thread it has now; the threads it starts later inherit it. Raising
+    a priority again needs CAP_SYS_NICE; without it, the process keeps the lower one."""
     try:
-        os.setpriority(os.PRIO_PGRP, pid, job_nice())
+        os.setpriority(os.PRIO_PGRP, pid, job_nice() if nice is None else nice)
     except ProcessLookupError:
         pass
     except OSError as e:
@@ -331,6 +335,7 @@ class WorkerdProcess:
         cwd: Path,
         cgroup_procs: Path | None,
         extra_args: tuple[str, ...] = (),
+        nice: int | None = None,
     ) -> WorkerdProcess:
         """Start workerd on ``config``: a text config file, or a binary config message
         (:mod:`.capnp_config`), handed over in a memfd. With ``cgroup_procs``, workerd runs inside
@@ -364,7 +369,7 @@ class WorkerdProcess:
             os.close(write_fd)
             if config_fd >= 0:
                 os.close(config_fd)
-        lower_priority(proc.pid)
+        lower_priority(proc.pid, nice)
         started = cls(proc, read_fd)
         ready = _ready_data.get(workerd_bin)
         if ready is not None:  # bounds what the job's top level may take before it is ready
@@ -381,11 +386,17 @@ class WorkerdProcess:
         cwd: Path,
         cgroup_procs: Path | None,
         extra_args: tuple[str, ...] = (),
+        nice: int | None = None,
     ) -> tuple[WorkerdProcess, int | None]:
         """:meth:`spawn`, then wait until it listens: the process and its port, or ``None`` if it
         exited first (then it has been reaped and all of its stderr read)."""
         proc = await cls.spawn(
-            workerd_bin, config, cwd=cwd, cgroup_procs=cgroup_procs, extra_args=extra_args
+            workerd_bin,
+            config,
+            cwd=cwd,
+            cgroup_procs=cgroup_procs,
+            extra_args=extra_args,
+            nice=nice,
         )
         try:
             port = await proc.wait_listening()
