@@ -175,8 +175,8 @@ async def test_workerd_dying_without_evidence_is_a_crash_not_an_answer(
     if sandbox.warm is not None:
         take = sandbox.warm.take
 
-        def spy() -> WarmWorker | None:
-            worker = take()
+        def spy(key: bytes | None = None) -> WarmWorker | None:
+            worker = take(key)
             if worker is not None:
                 started.append(worker.proc.pid)
             return worker

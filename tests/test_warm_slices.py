@@ -79,8 +79,8 @@ def _spy_on_take(warm: WarmPool, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     taken: list[int] = []
     real_take = warm.take
 
-    def take() -> WarmWorker | None:
-        worker = real_take()
+    def take(key: bytes | None = None) -> WarmWorker | None:
+        worker = real_take(key)
         if worker is not None:
             taken.append(worker.proc.pid)
         return worker
@@ -351,3 +351,45 @@ async def test_falls_back_to_cold_when_the_loader_cannot_start(
     assert "warm slices UNAVAILABLE, every job runs cold" in caplog.text
     assert "unknown option --experimental" in caplog.text
     assert files_in(tmp_path / "runtime") == []
+
+
+# Counts how often this module's top level ran in its isolate, and answers with the count and
+# the secret: a pre-loaded isolate ran it once, before the job, exactly as a cold start would.
+PRELOAD_JS = b"""
+globalThis.loads = (globalThis.loads || 0) + 1;
+export default {
+  async fetch(request, env) {
+    const secret = env.secret ? new TextDecoder().decode(env.secret) : "none";
+    return new Response("loads=" + globalThis.loads + " secret=" + secret);
+  }
+};
+"""
+
+
+async def test_the_last_code_is_preloaded_for_its_next_job_and_only_for_it(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "secrets" / "7.bin").write_bytes(b"seven")
+    (tmp_path / "secrets" / "8.bin").write_bytes(b"eight")
+    warm = _warm(sandbox)
+    taken = _spy_on_take(warm, monkeypatch)
+    first = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=7)
+    assert first.output == b"loads=1 secret=seven"
+    await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
+    preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
+    # Another secret, then another code: never a process pre-loaded with something else.
+    other_secret = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+    assert other_secret.output == b"loads=1 secret=eight"
+    assert taken[-1] not in preloaded
+    await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
+    preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
+    other_code = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
+    assert other_code.output == b"echo:x" and taken[-1] not in preloaded
+    # The same code and secret again: its pre-loaded process, top level run once, before it.
+    await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+    await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
+    hits = sandbox.preloaded_runs
+    preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
+    again = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+    assert again.output == b"loads=1 secret=eight"
+    assert taken[-1] in preloaded and sandbox.preloaded_runs == hits + 1

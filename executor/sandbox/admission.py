@@ -36,7 +36,8 @@ class Admission:
     def __init__(self, pool: SlicePool, warm: WarmPool | None) -> None:
         self._pool = pool
         self._warm = warm
-        self._waiters: deque[asyncio.Future[Slot]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[Slot], bytes | None]] = deque()
+        self._evicting = False  # a pre-loaded process is being re-armed for a waiting job
         pool.on_release.append(self.wake)
         if warm is not None:
             warm.on_change.append(self.wake)
@@ -45,17 +46,19 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def take(self) -> Slot:
+    async def take(self, key: bytes | None = None) -> Slot:
         """A slot for one job, waiting in line while there is none; ``NoFreeSliceError`` when no
-        slice is in service at all."""
+        slice is in service at all. ``key``: the job's :func:`.loader.preload_key` (a warm
+        worker pre-loaded with it is preferred)."""
         if not self._waiters:
-            slot = self._try()
+            slot = self._try(key)
             if slot is not None:
                 return slot
         if self._pool.capacity == 0:
             raise NoFreeSliceError(f"no cgroup slice in service in {self._pool.parent}")
         waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, key)
+        self._waiters.append(entry)
         if self._warm is not None:
             self._warm.waiting += 1
         try:
@@ -72,7 +75,7 @@ class Admission:
             raise
         finally:
             with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+                self._waiters.remove(entry)
             if self._warm is not None:
                 self._warm.waiting -= 1
                 if self._warm.waiting == 0:
@@ -80,30 +83,39 @@ class Admission:
 
     def wake(self) -> None:
         """Hand every slot there is now to the waiters, first come first served."""
+        self._evicting = False
         while self._waiters:
-            if self._waiters[0].done():  # cancelled meanwhile
+            first, key = self._waiters[0]
+            if first.done():  # cancelled meanwhile
                 self._waiters.popleft()
                 continue
             if self._pool.capacity == 0:
-                self._waiters.popleft().set_exception(
+                self._waiters.popleft()
+                first.set_exception(
                     NoFreeSliceError(f"no cgroup slice in service in {self._pool.parent}")
                 )
                 continue
-            slot = self._try()
+            slot = self._try(key)
             if slot is None:
                 return
-            self._waiters.popleft().set_result(slot)
+            self._waiters.popleft()
+            first.set_result(slot)
 
-    def _try(self) -> Slot | None:
+    def _try(self, key: bytes | None) -> Slot | None:
         warm = self._warm
         if warm is not None and warm.active:
-            worker = warm.take()
+            worker = warm.take(key)
             if worker is not None:
                 return worker, None
         try:
             return None, self._pool.reserve()
         except NoFreeSliceError:
-            return None
+            pass
+        if warm is not None and not self._evicting:
+            # Only processes pre-loaded with other codes hold the slices: free one (its
+            # release wakes the queue again).
+            self._evicting = warm.evict_preloaded(key)
+        return None
 
     def _give_back(self, slot: Slot) -> None:
         worker, slice_ = slot

@@ -32,6 +32,7 @@ from executor.outcome import ErrorCode, JobOutcome
 from executor.sandbox.admission import Admission
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
+from executor.sandbox.loader import encode_frame, preload_key
 from executor.sandbox.paths import ColdPath, ExecutionPath, Job, WarmPath
 from executor.sandbox.warm import WarmPool, WarmWorker
 
@@ -79,6 +80,8 @@ class Sandbox:
             )
         self.runs: collections.Counter[str] = collections.Counter()
         """Jobs that took each path ("warm", "cold") so far."""
+        self.preloaded_runs = 0
+        """Warm jobs whose code (and secret) had been pre-loaded in their process."""
         self._warm: WarmPool | None = None
         if pool is None and warm_workers != 0:
             log.info("no cgroup slices, so no warm slices: every job starts workerd cold")
@@ -162,6 +165,7 @@ class Sandbox:
         # carries them.
         wanted = self._warm is not None or self._configs is not None
         job = Job(name, code, inputs, secret, _read_secret(name, secret) if wanted else None)
+        key = preload_key(code, secret_id, job.secret) if self._warm is not None else None
         path: ExecutionPath | None = None
         extra_logs = ""
         if self._warm is not None:
@@ -171,9 +175,14 @@ class Sandbox:
             timeout = asyncio.timeout(deadline_ms / 1000)
             try:
                 async with timeout:
-                    path = await self._take_path()
+                    path = await self._take_path(key)
                     self.runs[path.name] += 1
+                    if isinstance(path, WarmPath) and path.preloaded:
+                        self.preloaded_runs += 1
                     error_code, output, extra_logs = await path.run(job)
+                    if key is not None and error_code == ErrorCode.OK and self._warm is not None:
+                        # pre-loaded for its next job (see warm.WarmPool.remember)
+                        self._warm.remember(key, encode_frame(code, b"", job.secret))
             except TimeoutError:
                 if not timeout.expired():
                     raise
@@ -197,9 +206,9 @@ class Sandbox:
             logs=(proc.logs() if proc is not None else "") + extra_logs,
         )
 
-    async def _take_path(self) -> ExecutionPath:
+    async def _take_path(self, key: bytes | None) -> ExecutionPath:
         """The path of the next job: a warm worker's, else a cold start in a free slice."""
-        worker, slice_ = await self._take_slot()
+        worker, slice_ = await self._take_slot(key)
         if worker is not None:
             assert self._warm is not None
             return WarmPath(self._warm, worker, complete_logs=self._complete_logs)
@@ -212,11 +221,11 @@ class Sandbox:
             warm=self._warm,
         )
 
-    async def _take_slot(self) -> tuple[WarmWorker | None, Slice | None]:
+    async def _take_slot(self, key: bytes | None) -> tuple[WarmWorker | None, Slice | None]:
         """A warm worker, else a free slice for a cold start, queueing while there is neither."""
         if self._admission is None:
             return None, None
-        return await self._admission.take()
+        return await self._admission.take(key)
 
 
 def _read_secret(job: str, path: Path | None) -> bytes | None:

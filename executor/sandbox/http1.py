@@ -103,14 +103,18 @@ class Exchange:
                 raise HttpError(f"cannot connect to {self._where}: {e}") from e
         try:
             headers = [("Host", self._where)]
-            if self._method == "POST":
+            if self._method != "GET":
                 headers.append(("Content-Length", str(len(self._body))))
             if not self._keep_alive:
                 headers.append(("Connection", "close"))
-            data = self._h11.send(h11.Request(method=self._method, target="/", headers=headers))
-            if self._body:
-                data = (data or b"") + (self._h11.send(h11.Data(data=self._body)) or b"")
-            data = (data or b"") + (self._h11.send(h11.EndOfMessage()) or b"")
+            try:
+                request = h11.Request(method=self._method, target="/", headers=headers)
+                data = self._h11.send(request) or b""
+                if self._body:
+                    data += self._h11.send(h11.Data(data=self._body)) or b""
+                data += self._h11.send(h11.EndOfMessage()) or b""
+            except h11.LocalProtocolError as e:
+                raise HttpError(f"cannot send the request to {self._where}: {e}") from e
             self._writer.write(data)
             await self._guarded(self._writer.drain())
             while True:

@@ -35,6 +35,7 @@ looks like a start failure, never one without ``remote``.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from enum import Enum
 
@@ -51,6 +52,15 @@ LOADER_JS = f"""\
 const VERDICT = "{VERDICT_HEADER}";
 const NO_SECRET = {NO_SECRET};
 let jobs = 0;
+let preloaded = null;  // {{ code, secret }} of the PUT that pre-loaded "job-pre", if any
+
+function sameBytes(a, b) {{
+  if (a === null || b === null) return a === b;
+  if (a.byteLength !== b.byteLength) return false;
+  const x = new Uint8Array(a), y = new Uint8Array(b);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}}
 
 function verdict(kind, error) {{
   const text = String((error && error.stack) || error);
@@ -59,7 +69,7 @@ function verdict(kind, error) {{
 
 export default {{
   async fetch(request, env) {{
-    if (request.method !== "POST") {{  // the warm-up request
+    if (request.method === "GET") {{  // the warm-up request
       return new Response("ready", {{ headers: {{ [VERDICT]: "responded" }} }});
     }}
     const frame = new Uint8Array(await request.arrayBuffer());
@@ -70,19 +80,30 @@ export default {{
     const code = new TextDecoder().decode(frame.subarray(at, at + codeLength));
     at += codeLength;
     const workerEnv = {{}};
+    let secret = null;
     if (secretLength !== NO_SECRET) {{
-      workerEnv.secret = frame.slice(at, at + secretLength).buffer;
+      secret = frame.slice(at, at + secretLength).buffer;
+      workerEnv.secret = secret;
       at += secretLength;
     }}
     const inputs = frame.slice(at);
     const headers = {{ host: request.headers.get("host"), connection: "close" }};
-    jobs += 1;
-    const worker = env.LOADER.get("job-" + jobs, () => ({{
+    const job = () => ({{
       compatibilityDate: "{COMPATIBILITY_DATE}",
       mainModule: "main",
       modules: {{ main: {{ js: code }} }},
       env: workerEnv,
-    }}));
+    }});
+    if (request.method === "PUT") {{  // pre-load: start the isolate (its top level), call nothing
+      preloaded = {{ code, secret }};
+      env.LOADER.get("job-pre", job).getEntrypoint();
+      return new Response("preloaded", {{ headers: {{ [VERDICT]: "responded" }} }});
+    }}
+    // The pre-loaded isolate only for exactly its code and secret; else a fresh one.
+    const same =
+      preloaded !== null && preloaded.code === code && sameBytes(preloaded.secret, secret);
+    jobs += 1;
+    const worker = env.LOADER.get(same ? "job-pre" : "job-" + jobs, job);
     let response;
     try {{
       response = await worker.getEntrypoint().fetch(request.url, {{
@@ -125,6 +146,15 @@ const loaderWorker :Workerd.Worker = (
   bindings = [ (name = "LOADER", workerLoader = (id = "{LOADER_ID}")) ],
 );
 """
+
+
+def preload_key(code: bytes, secret_id: int, secret: bytes | None) -> bytes:
+    """What a pre-loaded warm process was loaded with: a job may use it only if its own key is
+    the same (the code and the secret, by their digests, and the secret's id)."""
+    digest = hashlib.sha256(code)
+    digest.update(secret_id.to_bytes(32, "big"))
+    digest.update(b"\x00" if secret is None else b"\x01" + hashlib.sha256(secret).digest())
+    return digest.digest()
 
 
 def encode_frame(code: bytes, inputs: bytes, secret: bytes | None) -> bytes:

@@ -81,6 +81,11 @@ class WarmPath:
     def proc(self) -> WorkerdProcess:
         return self._worker.proc
 
+    @property
+    def preloaded(self) -> bool:
+        """Whether the job's code was pre-loaded in the process (see :mod:`.warm`)."""
+        return self._worker.preloaded is not None
+
     async def run(self, job: Job) -> Result:
         frame = encode_frame(job.code, job.inputs, job.secret)
         try:

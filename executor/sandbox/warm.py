@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -74,6 +75,12 @@ BUSY_JOBS = os.cpu_count() or 1
 """While this many jobs run, nothing is armed (see the module docstring)."""
 ARM_QUIET_S = 0.1
 """Nothing is armed until this long after a job last started or finished."""
+PRELOAD_TTL_S = 30.0
+"""A pre-loaded process no job has taken for this long is re-armed plain (its top level may
+keep a core busy at the lowest priority: it is the code's, not a job's)."""
+PRELOAD_SLICES = 2
+"""Warm slices at most that hold the last job's code pre-loaded (see :meth:`WarmPool.remember`);
+the others stay plain, for jobs of any other code or secret."""
 
 
 @dataclass(eq=False)
@@ -87,6 +94,10 @@ class WarmWorker:
     port: int
     connection: http1.KeptConnection | None = None
     """The warm-up request's connection, kept open for the job's request (see ``REUSE_S``)."""
+    preloaded: bytes | None = None
+    """The :func:`.loader.preload_key` of the code pre-loaded in it; ``None``: a plain one."""
+    ready_at: float = 0.0
+    """``time.monotonic()`` when it got ready."""
 
     def connection_for_job(self) -> http1.KeptConnection | None:
         """The kept connection if it may carry the job's request now; else ``None`` (closed)."""
@@ -142,6 +153,8 @@ class WarmPool:
         self.quiet_s = ARM_QUIET_S
         self._last_job_event = -ARM_QUIET_S  # loop time a job last started or finished
         self._arm_gate = asyncio.Semaphore(ARM_CONCURRENCY)
+        self._preload: tuple[bytes, bytes] | None = None  # (key, frame) of the last job's code
+        self._preloading = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -187,17 +200,69 @@ class WarmPool:
             await self.retire(self._ready.popleft())
         self._notify()
 
-    def take(self) -> WarmWorker | None:
-        """A ready worker for one job, now; ``None`` if none is ready."""
-        while self._ready:
-            worker = self._ready.pop()  # the most recently armed: its connection is the freshest
+    def take(self, key: bytes | None = None) -> WarmWorker | None:
+        """A ready worker for one job, now; ``None`` if none is ready. A worker pre-loaded with
+        the job's ``key`` (:func:`.loader.preload_key`) first, else a plain one; never one
+        pre-loaded with another code or secret."""
+        while True:
+            worker = self._pick(key)
+            if worker is None:
+                return None
+            self._ready.remove(worker)
             if worker.proc.returncode is None:
                 self._wanted.set()
                 lower_priority(worker.proc.pid)  # from the arming priority to a job's
                 return worker
             log.warning("warm workerd in %s died while idle; re-arming", worker.slice.name)
             self._background(self.retire(worker), f"retire {worker.slice.name}")
-        return None
+
+    def _pick(self, key: bytes | None) -> WarmWorker | None:
+        plain = None
+        for worker in reversed(self._ready):  # the most recently armed: the freshest connection
+            if key is not None and worker.preloaded == key:
+                return worker
+            if plain is None and worker.preloaded is None:
+                plain = worker
+        return plain
+
+    def remember(self, key: bytes, frame: bytes) -> None:
+        """The code (and secret) of a job that just ran: pre-load it into up to
+        :data:`PRELOAD_SLICES` slices as they are armed, for its next job. Slices pre-loaded with
+        an older code are re-armed (their processes killed)."""
+        if self._preload is not None and self._preload[0] == key:
+            return
+        self._preload = (key, frame)
+        for worker in [w for w in self._ready if w.preloaded not in (None, key)]:
+            self._ready.remove(worker)
+            self._background(self.retire(worker), f"retire {worker.slice.name}")
+        self._wanted.set()
+
+    def _expire_preloads(self) -> None:
+        now = time.monotonic()
+        for worker in [w for w in self._ready if w.preloaded is not None]:
+            if now - worker.ready_at > PRELOAD_TTL_S:
+                if self._preload is not None and worker.preloaded == self._preload[0]:
+                    self._preload = None  # not run again for a while: stop pre-loading it
+                self._ready.remove(worker)
+                self._background(self.retire(worker), f"retire {worker.slice.name}")
+
+    def _wants_preload(self) -> tuple[bytes, bytes] | None:
+        if self._preload is None:
+            return None
+        key = self._preload[0]
+        held = sum(1 for w in self._ready if w.preloaded == key) + self._preloading
+        # At least one armed slice stays plain, for jobs of other codes.
+        return self._preload if held < min(PRELOAD_SLICES, self.target - 1) else None
+
+    def evict_preloaded(self, key: bytes | None) -> bool:
+        """Re-arm one process pre-loaded with a code other than ``key`` (for a job that found
+        neither its own nor a plain one, and no free slice); whether there was one."""
+        for worker in self._ready:
+            if worker.preloaded is not None and worker.preloaded != key:
+                self._ready.remove(worker)
+                self._background(self.retire(worker), f"retire {worker.slice.name}")
+                return True
+        return False
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until a worker gets ready, a slice is freed or the pool
@@ -287,6 +352,7 @@ class WarmPool:
                 async with asyncio.timeout(self._until_quiet_s() or KEEPER_POLL_S):
                     await self._wanted.wait()
             self._wanted.clear()
+            self._expire_preloads()
             while self._should_arm():
                 await self._arm_gate.acquire()  # a slice is taken only when it can be armed now
                 if not self._should_arm():
@@ -371,7 +437,35 @@ class WarmPool:
                 slice_.trigger_kill()
             await self._pool.release(slice_)
             raise
-        return WarmWorker(slice_, proc, files, port, connection)
+        worker = WarmWorker(slice_, proc, files, port, connection, ready_at=time.monotonic())
+        preload = self._wants_preload()
+        if preload is not None:
+            self._preloading += 1
+            try:
+                worker.preloaded = await self._preload_into(worker, *preload)
+            finally:
+                self._preloading -= 1
+        return worker
+
+    async def _preload_into(self, worker: WarmWorker, key: bytes, frame: bytes) -> bytes:
+        """Have the loader start the code's isolate (its top level runs, nothing is called);
+        returns the key, or raises ``ArmError`` with the slice released (the process is not
+        plain any more: it is killed, and :meth:`_arm` tries again)."""
+        try:
+            async with asyncio.timeout(ARM_TIMEOUT_S):
+                async with http1.Exchange(worker.port, frame, method="PUT") as exchange:
+                    verdict = Verdict.from_header(exchange.headers.get(VERDICT_HEADER))
+                    body = await exchange.read(64)
+            if (verdict, body) == (Verdict.RESPONDED, b"preloaded"):
+                return key
+            problem = f"answered {verdict.value}: {body[:100]!r}"
+        except (OSError, SandboxError) as e:  # TimeoutError and HttpError are OSErrors
+            problem = f"{type(e).__name__}: {e}"
+        self.kill(worker)
+        worker.remove_files()
+        await worker.proc.close()
+        await self._pool.release(worker.slice)
+        raise ArmError(f"pre-loading failed: {problem}")
 
     async def _launch(
         self, *, cgroup_procs: Path | None
