@@ -15,6 +15,14 @@ request, i.e. what a cold worker sees. The loaded worker cannot reach ``LOADER``
 only what is passed, and its outbound ``fetch`` follows workerd's default network rules (loopback
 and private addresses refused), the same as on the cold path.
 
+Pre-loading: a PUT carrying a frame without inputs (the code of a job that just ran, and its
+secret) has the loader start that code's isolate under the id ``job-pre``: its top level runs
+then, as a cold workerd runs it before listening; nothing of it is called. A later POST whose code
+and secret are byte for byte the pre-loaded ones runs in that isolate (re-created, with the same
+code, if workerd dropped it meanwhile); any other POST gets a fresh isolate. The sandbox sends a
+job to a pre-loaded process only when its :func:`preload_key` matches, and the process still
+serves exactly one job.
+
 Every answer of the loader carries the :data:`VERDICT_HEADER` (the loader replaces any header of
 that name the user's response has, so user code cannot forge it); an answer without it is the
 loader's own failure (workerd's bare 500) and raises ``SandboxError``: nothing is submitted.

@@ -20,6 +20,13 @@ the sandbox over some milliseconds, not at once), so an idle node keeps every sl
 Every loader listens on a port the kernel picks (``127.0.0.1:0``, reported on workerd's control
 fd), so slices own no port and processes sharing a host cannot collide.
 
+Pre-loading (:meth:`WarmPool.remember`): after a job answered errorCode 0, up to
+:data:`PRELOAD_SLICES` slices, never all, are armed with that job's code and secret already
+loaded (:mod:`.loader`), for the next job of the same code and secret; its isolate is then ready
+before it arrives. Jobs of any other code or secret take a plain slice (or have a pre-loaded one
+re-armed when no other slot is left). A pre-loaded process not taken within
+:data:`PRELOAD_TTL_S` is re-armed plain, and the code is no longer pre-loaded.
+
 Whether this workerd has a Worker Loader at all is decided once, at start, by a probe: if it has
 not (no ``--experimental`` / ``workerLoader``), the pool says so in the log and stands down, and
 every job takes the cold path.
