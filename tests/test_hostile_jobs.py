@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import WorkerdCrashError
+from executor.errors import SandboxError, WorkerdCrashError
 from executor.outcome import ErrorCode
 from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
@@ -52,6 +52,11 @@ export default {
 TOP_LEVEL_BLOAT_JS = b"""
 const keep = [];
 for (;;) keep.push(new Array(1 << 16).fill(keep.length));
+export default {};
+"""
+TOP_LEVEL_BUFFER_BLOAT_JS = b"""
+const keep = [];
+for (;;) { const a = new Uint8Array(1 << 20); a.fill(1); keep.push(a); }
 export default {};
 """
 # Prints what a dying workerd prints, then answers: its own words decide nothing.
@@ -158,6 +163,26 @@ async def test_two_memory_bloating_jobs_at_once_answer_internal_server_error(
     assert sum(sorted(rss.peaks.values())[-2:]) < PEAK_RSS_LIMIT_KB, rss.peaks
     following = await sandbox.execute(ECHO_JS, b"next", deadline_ms=5000)
     assert (following.error_code, following.output) == (ErrorCode.OK, b"echo:next")
+
+
+async def test_top_level_buffers_are_bounded_too(sandbox: Sandbox) -> None:
+    # Refused by RLIMIT_DATA, the allocation throws a RangeError at the top level: a start
+    # failure like any top-level throw (no submission), as a cold workerd has it; where the slice
+    # has a memory controller its OOM kill comes first (answered Internal Server Error).
+    with PeakRss(_runtime(sandbox)) as rss:
+        outcomes = await asyncio.gather(
+            *(sandbox.execute(TOP_LEVEL_BUFFER_BLOAT_JS, b"", deadline_ms=10_000) for _ in "ab"),
+            return_exceptions=True,
+        )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            assert isinstance(outcome, SandboxError), outcome
+            assert "Array buffer allocation failed" in str(outcome)
+        else:
+            assert (outcome.error_code, outcome.output) == (ErrorCode.OK, b"Internal Server Error")
+    assert sum(sorted(rss.peaks.values())[-2:]) < PEAK_RSS_LIMIT_KB, rss.peaks
+    following = await sandbox.execute(ECHO_JS, b"next", deadline_ms=5000)
+    assert following.output == b"echo:next"
 
 
 async def test_a_job_printing_an_out_of_memory_report_is_answered_as_it_answers(

@@ -30,7 +30,14 @@ from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
 from executor.sandbox.warm import WarmPool, WarmWorker
-from executor.sandbox.workerd import JobFiles, WorkerdProcess
+from executor.sandbox.workerd import (
+    TRIVIAL_JS,
+    JobFiles,
+    WorkerdProcess,
+    knows_ready_data,
+    learn_ready_data,
+    render_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +144,13 @@ class ColdPath:
         return self._proc
 
     async def run(self, job: Job) -> Result:
+        if not knows_ready_data(self._workerd_bin):  # once: bounds the top level of every job
+            trivial: bytes | str | None = None
+            if self._configs is not None:
+                trivial = self._configs.job(TRIVIAL_JS.encode(), port=0, secret=None)
+            if trivial is None:
+                trivial = render_config(code_file="@CODE@", port=0)
+            await learn_ready_data(self._workerd_bin, trivial, self._runtime_path)
         config: Path | bytes | None = None
         if self._configs is not None:
             config = self._configs.job(job.code, port=0, secret=job.secret)

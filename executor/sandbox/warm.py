@@ -512,7 +512,7 @@ class WarmPool:
                 raise ArmError(f"warm-up answered {verdict.value}: {body[:200]!r}")
             proc.stdout.forget()
             proc.stderr.forget()
-            proc.cap_memory()  # from here on, what the job may add
+            proc.cap_memory(learn=True)  # from here on, what the job may add
             return proc, files, listening, connection
         except BaseException as e:
             if proc is not None:

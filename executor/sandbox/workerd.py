@@ -284,6 +284,44 @@ _ready_data: dict[Path, int] = {}
 """Per workerd binary, the most writable private memory (bytes) a process had once ready."""
 
 
+_learning: dict[Path, asyncio.Lock] = {}
+TRIVIAL_JS = "export default { fetch() { return new Response(); } };"
+
+
+def knows_ready_data(workerd_bin: Path) -> bool:
+    return workerd_bin in _ready_data
+
+
+async def learn_ready_data(workerd_bin: Path, config: bytes | str, cwd: Path) -> None:
+    """Once per binary and process: start workerd on ``config`` (a trivial worker of ours, as a
+    binary config message or a text config's contents) so that :meth:`WorkerdProcess.cap_memory`
+    knows what a ready workerd holds before any job's code runs in one."""
+    lock = _learning.setdefault(workerd_bin, asyncio.Lock())
+    async with lock:
+        if workerd_bin in _ready_data:
+            return
+        files: list[Path] = []
+        if isinstance(config, str):
+            stem = cwd / f"{FILE_PREFIX}learn-{secrets.token_hex(8)}"
+            files = [stem.with_suffix(".js"), stem.with_suffix(".capnp")]
+            write_new_file(files[0], TRIVIAL_JS.encode())
+            write_new_file(files[1], config.replace("@CODE@", files[0].name).encode())
+        target: Path | bytes = files[1] if files else config  # type: ignore[assignment]
+        try:
+            proc, port = await WorkerdProcess.start(workerd_bin, target, cwd=cwd, cgroup_procs=None)
+            try:
+                if port is not None:
+                    proc.cap_memory(learn=True)
+            finally:
+                await proc.close()
+        except OSError as e:
+            _warn_once("learn", "cannot learn what a ready workerd holds: %s", e)
+        finally:
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
 def vm_data(pid: int) -> int:
     """Bytes of writable private memory of process ``pid`` (``VmData``, what ``RLIMIT_DATA``
     bounds)."""
@@ -409,10 +447,13 @@ class WorkerdProcess:
             raise
         return proc, port
 
-    def cap_memory(self, budget: int = JOB_DATA_BUDGET) -> None:
+    def cap_memory(self, budget: int = JOB_DATA_BUDGET, *, learn: bool = False) -> None:
         """Let the process add at most ``budget`` bytes of writable private memory to what it
-        has now (``RLIMIT_DATA``); called once it is ready, before it runs the job. What a ready
-        process has is remembered per binary: later starts get that plus ``budget`` at once."""
+        has now (``RLIMIT_DATA``); called once it is ready, before it runs the job. With
+        ``learn`` (a process that ran none of a job's code: a warm loader), what it has is
+        remembered per binary, and later starts get that plus ``budget`` at once, so that a
+        job's module top level is bounded too. A process that ran user code never teaches it:
+        its top level could raise the bound of every later start."""
         try:
             data = vm_data(self.pid)
         except ProcessLookupError:
@@ -420,7 +461,7 @@ class WorkerdProcess:
         except OSError as e:
             _warn_once("cap_memory", "cannot cap workerd's memory (RLIMIT_DATA): %s", e)
             return
-        if self._workerd_bin is not None:
+        if learn and self._workerd_bin is not None:
             _ready_data[self._workerd_bin] = max(data, _ready_data.get(self._workerd_bin, 0))
         self._limit_data(data + budget)
 
