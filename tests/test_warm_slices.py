@@ -373,20 +373,23 @@ async def test_the_last_code_is_preloaded_for_its_next_job_and_only_for_it(
     (tmp_path / "secrets" / "8.bin").write_bytes(b"eight")
     warm = _warm(sandbox)
     taken = _spy_on_take(warm, monkeypatch)
-    first = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=7)
-    assert first.output == b"loads=1 secret=seven"
+    for _ in range(2):  # a code that ran twice in a row is pre-loaded
+        first = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=7)
+        assert first.output == b"loads=1 secret=seven"
     await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
     preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
     # Another secret, then another code: never a process pre-loaded with something else.
-    other_secret = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
-    assert other_secret.output == b"loads=1 secret=eight"
-    assert taken[-1] not in preloaded
+    for _ in range(2):
+        other_secret = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+        assert other_secret.output == b"loads=1 secret=eight"
+        assert taken[-1] not in preloaded
     await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
     preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
     other_code = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
     assert other_code.output == b"echo:x" and taken[-1] not in preloaded
     # The same code and secret again: its pre-loaded process, top level run once, before it.
-    await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+    for _ in range(2):
+        await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
     await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
     hits = sandbox.preloaded_runs
     preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}

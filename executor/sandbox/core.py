@@ -47,11 +47,12 @@ class Sandbox:
     ``complete_logs=False`` (the daemon, which never reads them) returns a warm job's outcome as
     soon as its process is killed, with the logs read so far, instead of after the process exited.
 
-    ``pool=None`` runs workerd UNCONFINED (no slice, no resource limits, an ephemeral port): for
-    local development only. ``execute`` may run concurrently (each job holds its own slice) and may
-    be cancelled at any point; either way the process is killed before it returns. On the cold
-    path the slice is also released and the files removed by then; on the warm path that happens
-    right after, in the background, before the slice is armed again.
+    ``pool=None`` runs workerd UNCONFINED (no slice, so no cgroup limits; the in-process memory
+    caps and the lower priority of :mod:`.workerd` still hold): for local development only.
+    ``execute`` may run concurrently (each job holds its own slice) and may be cancelled at any
+    point; either way the process is killed before it returns. On the cold path the slice is also
+    released and the files removed by then; on the warm path that happens right after, in the
+    background, before the slice is armed again.
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class Sandbox:
         if pool is None:
             log.warning(
                 "sandbox is UNCONFINED: workerd runs outside any cgroup slice, "
-                "without memory/cpu limits"
+                "without cgroup memory/cpu limits"
             )
         self.runs: collections.Counter[str] = collections.Counter()
         """Jobs that took each path ("warm", "cold") so far."""

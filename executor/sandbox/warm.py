@@ -20,9 +20,10 @@ the sandbox over some milliseconds, not at once), so an idle node keeps every sl
 Every loader listens on a port the kernel picks (``127.0.0.1:0``, reported on workerd's control
 fd), so slices own no port and processes sharing a host cannot collide.
 
-Pre-loading (:meth:`WarmPool.remember`): after a job answered errorCode 0, up to
+Pre-loading (:meth:`WarmPool.remember`): after two jobs of the same code and secret in a row
+answered errorCode 0, up to
 :data:`PRELOAD_SLICES` slices, never all, are armed with that job's code and secret already
-loaded (:mod:`.loader`), for the next job of the same code and secret; its isolate is then ready
+loaded (:mod:`.loader`), for the next job of that code and secret; its isolate is then ready
 before it arrives. Jobs of any other code or secret take a plain slice (or have a pre-loaded one
 re-armed when no other slot is left). A pre-loaded process not taken within
 :data:`PRELOAD_TTL_S` is re-armed plain, and the code is no longer pre-loaded.
@@ -162,6 +163,7 @@ class WarmPool:
         self._arm_gate = asyncio.Semaphore(ARM_CONCURRENCY)
         self._preload: tuple[bytes, bytes] | None = None  # (key, frame) of the last job's code
         self._preloading = 0
+        self._last_key: bytes | None = None  # the key of the last job remembered
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -233,10 +235,12 @@ class WarmPool:
         return plain
 
     def remember(self, key: bytes, frame: bytes) -> None:
-        """The code (and secret) of a job that just ran: pre-load it into up to
-        :data:`PRELOAD_SLICES` slices as they are armed, for its next job. Slices pre-loaded with
-        an older code are re-armed (their processes killed)."""
-        if self._preload is not None and self._preload[0] == key:
+        """The code (and secret) of a job that just ran: once the same code and secret have run
+        twice in a row, pre-load them into up to :data:`PRELOAD_SLICES` slices as they are armed,
+        for the next job. Slices pre-loaded with an older code are then re-armed (their processes
+        killed). Jobs of changing codes thus cause no re-arming."""
+        repeated, self._last_key = key == self._last_key, key
+        if not repeated or (self._preload is not None and self._preload[0] == key):
             return
         self._preload = (key, frame)
         for worker in [w for w in self._ready if w.preloaded not in (None, key)]:
