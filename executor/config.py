@@ -95,6 +95,8 @@ _JSON_VALUED = frozenset(
         "execution_buffer_time",
         "num_selected_executors",
         "warm_workers",
+        "job_fetch_limit",
+        "job_fetch_bytes_limit",
     }
 )
 """Keys whose environment value is read as JSON (numbers and null); URL keys take JSON lists."""
@@ -158,6 +160,10 @@ class Settings(BaseSettings):
     0 = none (every job spawns workerd cold)."""
     metrics_addr: HostPort | None = None
     """Serve Prometheus metrics on this HOST:PORT (``serve --metrics-addr`` overrides it)."""
+    job_fetch_limit: int = Field(default=0, ge=0)
+    """Outbound ``fetch`` calls a job may make (0: no limit, the default, as other executors)."""
+    job_fetch_bytes_limit: int = Field(default=0, ge=0)
+    """Response body bytes a job's fetches may receive in all (0: no limit, the default)."""
 
     @classmethod
     def settings_customise_sources(
@@ -178,6 +184,8 @@ class Settings(BaseSettings):
         "num_selected_executors",
         "secret_store_config_port",
         "warm_workers",
+        "job_fetch_limit",
+        "job_fetch_bytes_limit",
         mode="before",
     )
     @classmethod

@@ -22,6 +22,7 @@ from executor.errors import SandboxError, WorkerdCrashError
 from executor.outcome import ErrorCode
 from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
+from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.warm import WarmWorker
 from executor.sandbox.workerd import ARM_NICE, job_nice
 from tests.sandbox_helpers import (
@@ -239,3 +240,43 @@ async def test_workerd_runs_at_a_lower_priority_than_the_daemon(sandbox: Sandbox
 
     await eventually(every_thread_nice, within_s=2)
     assert (await job).error_code == ErrorCode.DEADLINE_EXCEEDED
+
+
+COUNTED_FETCHES_JS = b"""
+export default {
+  async fetch() {
+    const out = [];
+    for (let i = 0; i < 3; i++) {
+      try { await fetch("http://127.0.0.1:1/"); out.push("ok"); }
+      catch (e) { out.push(e.message.startsWith("outbound budget") ? "budget" : "refused"); }
+    }
+    return new Response(out.join(","));
+  }
+};
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True])
+@pytest.mark.parametrize("binary", [True, False])
+async def test_an_outbound_budget_fails_the_fetches_past_it(
+    parent: Path, tmp_path: Path, warm: bool, binary: bool
+) -> None:
+    # Loopback stays refused by workerd's network rules; the third call is past the budget.
+    sandbox = Sandbox(
+        workerd_bin=workerd_bin_or_skip(),
+        runtime_path=tmp_path,
+        secret_store_path=tmp_path,
+        pool=SlicePool.discover(parent),
+        warm_workers=None if warm else 0,
+        binary_configs=binary,
+        outbound=OutboundBudget(fetches=2),
+    )
+    sandbox.start()
+    try:
+        if sandbox.warm is not None:
+            await eventually(lambda: sandbox.warm is not None and sandbox.warm.ready_count == 3)
+        outcome = await sandbox.execute(COUNTED_FETCHES_JS, b"", deadline_ms=10_000)
+        assert outcome.output == b"refused,refused,budget"
+        assert sandbox.runs["warm" if warm else "cold"] == 1
+    finally:
+        await sandbox.close()

@@ -33,6 +33,7 @@ from executor.sandbox.admission import Admission
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import encode_frame, preload_key
+from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.paths import ColdPath, ExecutionPath, Job, WarmPath
 from executor.sandbox.warm import WarmPool, WarmWorker
 
@@ -44,8 +45,10 @@ class Sandbox:
 
     ``warm_workers`` slices (None: all) are kept armed for the next job (:mod:`.warm`; 0: every
     job starts workerd cold); :meth:`start` arms them, :meth:`close` releases them.
-    ``complete_logs=False`` (the daemon, which never reads them) returns a warm job's outcome as
-    soon as its process is killed, with the logs read so far, instead of after the process exited.
+    ``outbound``: an optional budget of fetches and bytes received per job (:mod:`.outbound`;
+    off by default). ``complete_logs=False`` (the daemon, which never reads them) returns a warm
+    job's outcome as soon as its process is killed, with the logs read so far, instead of after
+    the process exited.
 
     ``pool=None`` runs workerd UNCONFINED (no slice, so no cgroup limits; the in-process memory
     caps and the lower priority of :mod:`.workerd` still hold): for local development only.
@@ -65,7 +68,9 @@ class Sandbox:
         warm_workers: int | None = 0,
         complete_logs: bool = True,
         binary_configs: bool = True,
+        outbound: OutboundBudget | None = None,
     ) -> None:
+        self._outbound = outbound if outbound is not None and outbound.active else None
         self._workerd_bin = workerd_bin
         self._complete_logs = complete_logs
         # Resolved once so that the secret's path relative to the config file is also its real path.
@@ -95,6 +100,7 @@ class Sandbox:
                 runtime_path=self._runtime_path,
                 target=warm_workers,
                 configs=self._configs,
+                outbound=self._outbound,
             )
         self._admission = Admission(pool, self._warm) if pool is not None else None
 
@@ -220,6 +226,7 @@ class Sandbox:
             pool=self._pool,
             slice_=slice_,
             warm=self._warm,
+            outbound=self._outbound,
         )
 
     async def _take_slot(self, key: bytes | None) -> tuple[WarmWorker | None, Slice | None]:

@@ -48,7 +48,9 @@ import struct
 from enum import Enum
 
 from executor.errors import SandboxError
-from executor.sandbox.workerd import COMPATIBILITY_DATE, V8_FLAGS, capnp_string
+from executor.sandbox.outbound import SERVICE as OUTBOUND_SERVICE
+from executor.sandbox.outbound import OutboundBudget
+from executor.sandbox.workerd import COMPATIBILITY_DATE, V8_FLAGS, capnp_string, outbound_parts
 
 VERDICT_HEADER = "x-oyster-loader-verdict"
 NO_SECRET = 0xFFFFFFFF
@@ -101,6 +103,7 @@ export default {{
       mainModule: "main",
       modules: {{ main: {{ js: code }} }},
       env: workerEnv,
+      ...(env.BUDGET ? {{ globalOutbound: env.BUDGET }} : {{}}),  // the outbound budget, if any
     }});
     if (request.method === "PUT") {{  // pre-load: start the isolate (its top level), call nothing
       preloaded = {{ code, secret }};
@@ -137,12 +140,18 @@ export default {{
 """
 
 
-def render_loader_config(*, loader_file: str, port: int) -> str:
-    """The config of a warm slice: the loader worker on ``127.0.0.1:<port>``, nothing else."""
+def render_loader_config(
+    *, loader_file: str, port: int, outbound: OutboundBudget | None = None
+) -> str:
+    """The config of a warm slice: the loader worker on ``127.0.0.1:<port>``, nothing else (with
+    an active ``outbound`` budget, also its counting worker, bound to the loader as ``BUDGET``:
+    the loader hands it to the job's isolate as its ``globalOutbound``, never in its ``env``)."""
+    services, _ = outbound_parts(outbound)
+    budget = f', (name = "BUDGET", service = "{OUTBOUND_SERVICE}")' if services else ""
     return f"""using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
-  services = [ (name = "main", worker = .loaderWorker) ],
+  services = [ (name = "main", worker = .loaderWorker){services} ],
   sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
   v8Flags = [ {", ".join(capnp_string(flag) for flag in V8_FLAGS)} ],
 );
@@ -151,7 +160,7 @@ const loaderWorker :Workerd.Worker = (
   modules = [ (name = "loader", esModule = embed {capnp_string(loader_file)}) ],
   compatibilityDate = "{COMPATIBILITY_DATE}",
   compatibilityFlags = ["experimental"],
-  bindings = [ (name = "LOADER", workerLoader = (id = "{LOADER_ID}")) ],
+  bindings = [ (name = "LOADER", workerLoader = (id = "{LOADER_ID}")){budget} ],
 );
 """
 

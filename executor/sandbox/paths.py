@@ -29,6 +29,7 @@ from executor.sandbox import http1
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
 from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
+from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.warm import WarmPool, WarmWorker
 from executor.sandbox.workerd import (
     TRIVIAL_JS,
@@ -128,7 +129,9 @@ class ColdPath:
         pool: SlicePool | None,
         slice_: Slice | None,
         warm: WarmPool | None,
+        outbound: OutboundBudget | None = None,
     ) -> None:
+        self._outbound = outbound
         self._workerd_bin = workerd_bin
         self._runtime_path = runtime_path
         self._configs = configs
@@ -153,12 +156,16 @@ class ColdPath:
             await learn_ready_data(self._workerd_bin, trivial, self._runtime_path)
         config: Path | bytes | None = None
         if self._configs is not None:
-            config = self._configs.job(job.code, port=0, secret=job.secret)
+            config = self._configs.job(job.code, port=0, secret=job.secret, outbound=self._outbound)
         try:
             if config is None:
                 try:
                     self._files = JobFiles.write(
-                        self._runtime_path, job.code, port=0, secret_path=job.secret_path
+                        self._runtime_path,
+                        job.code,
+                        port=0,
+                        secret_path=job.secret_path,
+                        outbound=self._outbound,
                     )
                 except OSError as e:
                     raise SandboxError(f"{job.label}: cannot write its files: {e}") from e

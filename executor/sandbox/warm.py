@@ -58,6 +58,7 @@ from executor.sandbox.loader import (
     Verdict,
     render_loader_config,
 )
+from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.workerd import (
     ARM_NICE,
     FILE_PREFIX,
@@ -138,8 +139,10 @@ class WarmPool:
         runtime_path: Path,
         target: int | None,
         configs: BinaryConfigs | None = None,
+        outbound: OutboundBudget | None = None,
     ) -> None:
         self._pool = pool
+        self._outbound = outbound
         self._configs = configs
         self._workerd_bin = workerd_bin
         self._runtime_path = runtime_path
@@ -488,12 +491,14 @@ class WarmPool:
         try:
             config: Path | bytes
             if self._configs is not None:
-                config = self._configs.loader(LOADER_JS, port=0)
+                config = self._configs.loader(LOADER_JS, port=0, outbound=self._outbound)
             else:
                 stem = self._runtime_path / f"{FILE_PREFIX}loader-{secrets.token_hex(8)}"
                 files = (stem.with_suffix(".js"), stem.with_suffix(".capnp"))
                 write_new_file(files[0], LOADER_JS.encode())
-                rendered = render_loader_config(loader_file=files[0].name, port=0)
+                rendered = render_loader_config(
+                    loader_file=files[0].name, port=0, outbound=self._outbound
+                )
                 write_new_file(files[1], rendered.encode())
                 config = files[1]
             async with asyncio.timeout(ARM_TIMEOUT_S):

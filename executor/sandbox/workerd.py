@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor.sandbox.outbound import SERVICE as OUTBOUND_SERVICE
+from executor.sandbox.outbound import OutboundBudget
+
 log = logging.getLogger(__name__)
 
 CAPTURE_LIMIT = 64 * 1024
@@ -72,21 +75,30 @@ def capnp_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_config(*, code_file: str, port: int, secret_file: str | None = None) -> str:
+def render_config(
+    *,
+    code_file: str,
+    port: int,
+    secret_file: str | None = None,
+    outbound: OutboundBudget | None = None,
+) -> str:
     """The Cap'n Proto text config of docs/protocol.md §4.
 
     ``code_file`` and ``secret_file`` are embedded, so they are paths relative to the config file's
-    folder. ``port`` 0 lets the kernel pick a free port (reported through the control fd).
+    folder. ``port`` 0 lets the kernel pick a free port (reported through the control fd). An
+    active ``outbound`` budget routes the worker's ``fetch`` through its counting worker.
     """
     bindings = ""
     if secret_file is not None:
         bindings = (
             f'\n  bindings = [ (name = "secret", data = embed {capnp_string(secret_file)}) ],'
         )
+    services, worker_outbound = outbound_parts(outbound)
+    bindings += worker_outbound
     return f"""using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
-  services = [ (name = "main", worker = .mainWorker) ],
+  services = [ (name = "main", worker = .mainWorker){services} ],
   sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
   v8Flags = [ {", ".join(capnp_string(flag) for flag in V8_FLAGS)} ],
 );
@@ -98,6 +110,19 @@ const mainWorker :Workerd.Worker = (
 """
 
 
+def outbound_parts(outbound: OutboundBudget | None) -> tuple[str, str]:
+    """For a text config: the counting worker's service entry (after the main one) and the main
+    worker's ``globalOutbound`` line; both empty without an active budget."""
+    if outbound is None or not outbound.active:
+        return "", ""
+    service = (
+        f', (name = "{OUTBOUND_SERVICE}", worker = (modules = [ (name = "outbound", '
+        f"esModule = {capnp_string(outbound.worker_js())}) ], "
+        f'compatibilityDate = "{COMPATIBILITY_DATE}"))'
+    )
+    return service, f'\n  globalOutbound = "{OUTBOUND_SERVICE}",'
+
+
 @dataclass(frozen=True)
 class JobFiles:
     """The code and config files of one execution, named uniquely inside the runtime folder."""
@@ -107,13 +132,21 @@ class JobFiles:
 
     @classmethod
     def write(
-        cls, runtime_dir: Path, code: bytes, *, port: int, secret_path: Path | None
+        cls,
+        runtime_dir: Path,
+        code: bytes,
+        *,
+        port: int,
+        secret_path: Path | None,
+        outbound: OutboundBudget | None = None,
     ) -> JobFiles:
         """Write both files; ``runtime_dir`` and ``secret_path`` must be resolved (no symlinks)."""
         stem = FILE_PREFIX + secrets.token_hex(8)
         files = cls(code=runtime_dir / f"{stem}.js", config=runtime_dir / f"{stem}.capnp")
         secret_rel = None if secret_path is None else os.path.relpath(secret_path, runtime_dir)
-        config = render_config(code_file=files.code.name, port=port, secret_file=secret_rel)
+        config = render_config(
+            code_file=files.code.name, port=port, secret_file=secret_rel, outbound=outbound
+        )
         try:
             write_new_file(files.code, code)
             write_new_file(files.config, config.encode())
@@ -466,7 +499,11 @@ class WorkerdProcess:
         self._limit_data(data + budget)
 
     def _limit_data(self, limit: int) -> None:
+        """Lower ``RLIMIT_DATA`` to ``limit`` (never raises it: a bound set at the start holds)."""
         try:
+            _, hard = resource.prlimit(self.pid, resource.RLIMIT_DATA)
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
             resource.prlimit(self.pid, resource.RLIMIT_DATA, (limit, limit))
         except ProcessLookupError:
             pass
