@@ -22,6 +22,7 @@ from aiohttp import web
 from executor.outcome import ErrorCode
 from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
+from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.workerd import JobFiles, render_config
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
@@ -187,8 +188,15 @@ async def test_a_job_sees_only_its_own_secret(parent: Path, tmp_path: Path) -> N
 
 
 def test_config_is_rendered_only_from_a_file_name_a_port_and_a_secret_path() -> None:
-    assert list(inspect.signature(render_config).parameters) == ["code_file", "port", "secret_file"]
+    # (and the operator's outbound budget: two integers of its config, never chain data)
+    assert list(inspect.signature(render_config).parameters) == [
+        "code_file",
+        "port",
+        "secret_file",
+        "outbound",
+    ]
     assert "inputs" not in inspect.signature(JobFiles.write).parameters
+    assert "12345" in OutboundBudget(fetches=12345).worker_js()
 
 
 def test_hostile_code_bytes_never_enter_the_config(tmp_path: Path) -> None:
