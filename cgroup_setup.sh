@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or, with --remove, tears down) the cgroup v2 slices workerd_1..N that confine the executor's
-# workerd processes (one job per slice; slice workerd_N serves port 11000+N). Run as root. Idempotent.
+# workerd processes (one job per slice). Run as root. Idempotent.
 set -euo pipefail
 
 PROG=$(basename "$0")
@@ -17,9 +17,8 @@ Options (each also settable by the environment variable shown):
   --parent NAME        parent group, relative to the cgroup2 mount; created if missing
                        (OYSTER_CGROUP_PARENT, default: the mount root itself)
   --count N            number of slices (OYSTER_CGROUP_COUNT, default 20)
-  --first K            number of the first slice: workerd_K..workerd_K+N-1, ports 11000+K..
-                       (OYSTER_CGROUP_FIRST, default 1; several executors on one host need
-                       disjoint numbers, as each slice's number fixes its port)
+  --first K            number of the first slice: workerd_K..workerd_K+N-1
+                       (OYSTER_CGROUP_FIRST, default 1)
   --memory-max SIZE    memory.max of each slice (OYSTER_CGROUP_MEMORY_MAX, default 100M)
   --cpu-max "Q P"      cpu.max of each slice (OYSTER_CGROUP_CPU_MAX, default "50000 1000000")
   --remove             kill every process in the workerd_* slices, remove them, then remove the

@@ -23,6 +23,7 @@ import os
 import resource
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -32,8 +33,8 @@ from pathlib import Path
 
 import aiohttp
 
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool, find_cgroup2_mount
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.workerd import render_config
 from oyster_devnet.tools import REPO_ROOT, workerd_binary
 
@@ -43,6 +44,67 @@ CODE = b"""export default { async fetch(request) {
   return new Response(JSON.stringify({ n, s }));
 } };"""
 INPUT = b'{"n": 1000}'
+
+
+PLAIN_CONFIG = """using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [ (name = "main", worker = .w) ],
+  sockets = [ (name = "http", address = "127.0.0.1:%d", http = (), service = "main") ],
+);
+const w :Workerd.Worker = (
+  modules = [ (name = "main", esModule = embed "%s") ],
+  compatibilityDate = "2023-03-07",
+);
+"""
+"""A plain user's config: the worker on a fixed port, nothing else (no flags, no control fd)."""
+
+
+def plain_bare(workerd: Path, folder: Path) -> float:
+    """How a user would time workerd by hand: spawn it on a free port, try to connect every 1 ms
+    until it listens, one POST, read the answer, SIGKILL. Seconds from spawn to the answer.
+
+    Blocking on purpose (nothing else runs meanwhile, as for a user at a shell)."""
+    stem = folder / f"plain-{secrets.token_hex(4)}"
+    code, config = stem.with_suffix(".js"), stem.with_suffix(".capnp")
+    code.write_bytes(CODE)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config.write_text(PLAIN_CONFIG % (port, code.name))
+    request = (
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % len(INPUT)
+    ) + INPUT
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(workerd), "serve", str(config)],
+        cwd=folder, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while True:
+            sock = socket.socket()
+            try:
+                sock.connect(("127.0.0.1", port))
+                break
+            except ConnectionRefusedError:
+                sock.close()
+                if proc.poll() is not None:
+                    raise RuntimeError("bare workerd exited before listening") from None
+                time.sleep(0.001)
+        with sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        elapsed = time.perf_counter() - started
+        if not answer.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"bare workerd answered {answer[:80]!r}")
+    finally:
+        proc.kill()
+        proc.wait()
+        code.unlink()
+        config.unlink()
+    return elapsed
 
 
 async def bare_workerd(workerd: Path, folder: Path) -> float:
@@ -73,6 +135,10 @@ async def bare_workerd(workerd: Path, folder: Path) -> float:
         code.unlink()
         config.unlink()
     return time.perf_counter() - started
+
+
+async def _in_thread(fn: Callable[[Path, Path], float], workerd: Path, folder: Path) -> float:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, workerd, folder)
 
 
 def _read_line(fd: int) -> str:
@@ -135,7 +201,8 @@ async def main(runs: int) -> None:
     warm: Sandbox | None = None
     try:
         variants: dict[str, Callable[[], Awaitable[float]]] = {
-            "bare workerd": lambda: bare_workerd(workerd, folder),
+            "bare workerd, plain (the baseline)": lambda: _in_thread(plain_bare, workerd, folder),
+            "bare workerd, control fd + aiohttp": lambda: bare_workerd(workerd, folder),
             "sandbox, unconfined": sandboxed(
                 Sandbox(
                     workerd_bin=workerd, runtime_path=folder, secret_store_path=folder, pool=None
@@ -177,15 +244,15 @@ async def main(runs: int) -> None:
             remove_slices(parent)
         shutil.rmtree(folder, ignore_errors=True)
 
-    base, _ = summary(samples["bare workerd"])
+    base, base_p90 = summary(samples["bare workerd, plain (the baseline)"])
     print(
         f"\n{runs} sequential jobs per variant, interleaved; workerd {workerd_version(workerd)}\n"
     )
-    print("| variant | median ms | p90 ms | median / bare |")
-    print("|---|---:|---:|---:|")
+    print("| variant | p50 ms | p90 ms | p50 / bare p50 | p90 / bare p90 |")
+    print("|---|---:|---:|---:|---:|")
     for name, values in samples.items():
         median, p90 = summary(values)
-        print(f"| {name} | {median:.1f} | {p90:.1f} | {median / base:.2f} |")
+        print(f"| {name} | {median:.1f} | {p90:.1f} | {median / base:.2f} | {p90 / base_p90:.2f} |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"\nbenchmark process RSS: {rss_after:.1f} MiB after the runs "

@@ -96,6 +96,8 @@ _JSON_VALUED = frozenset(
         "num_selected_executors",
         "warm_workers",
         "max_job_gas",
+        "job_fetch_limit",
+        "job_fetch_bytes_limit",
     }
 )
 """Keys whose environment value is read as JSON (numbers and null); URL keys take JSON lists."""
@@ -163,6 +165,10 @@ class Settings(BaseSettings):
     """The most gas one output or slash may be given (the Jobs contract calls the job owner's
     callback with all the gas left): a job whose callback needs more is not answered, and logged
     at ERROR. Only the gas used is paid; the gas account must hold this much at the fee cap."""
+    job_fetch_limit: int = Field(default=0, ge=0)
+    """Outbound ``fetch`` calls a job may make (0: no limit, the default, as other executors)."""
+    job_fetch_bytes_limit: int = Field(default=0, ge=0)
+    """Response body bytes a job's fetches may receive in all (0: no limit, the default)."""
 
     @classmethod
     def settings_customise_sources(
@@ -184,6 +190,8 @@ class Settings(BaseSettings):
         "secret_store_config_port",
         "warm_workers",
         "max_job_gas",
+        "job_fetch_limit",
+        "job_fetch_bytes_limit",
         mode="before",
     )
     @classmethod

@@ -26,8 +26,9 @@ from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
 from executor.metrics import Metrics, metrics_app
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
-from executor.sandbox.runner import Sandbox
+from executor.sandbox.outbound import OutboundBudget
 from executor.service import ExecutorService
 from executor.supervisor import Supervisor
 
@@ -110,6 +111,7 @@ class Daemon:
             pool=pool,
             warm_workers=s.warm_workers,
             complete_logs=False,  # the daemon never reads a job's logs
+            outbound=OutboundBudget(fetches=s.job_fetch_limit, received=s.job_fetch_bytes_limit),
         )
         self.sandbox = sandbox
         self.metrics.watch_slices(sandbox if pool is not None else None)

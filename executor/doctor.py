@@ -76,6 +76,7 @@ async def run_checks(options: DoctorOptions) -> list[Check]:
             "config", str(e), f"fix {options.config_file} (see docs/operator.md, Configuration)"
         )
         rest = ["key file", "workerd", "workerd config", "folders", "cgroup v2", "slices"]
+        rest += ["job limits"]
         rest += ["http rpc"]
         rest += ["websocket", "contract", "secret store", "storage capacity"]
         skipped = [Check(name, Verdict.SKIP, "needs a valid config") for name in rest]
@@ -94,6 +95,7 @@ async def run_checks(options: DoctorOptions) -> list[Check]:
         check_runtime_folders(settings),
         check_cgroup2(),
         check_slices(options.cgroup_parent),
+        check_job_limits(options.cgroup_parent),
     ]
     rpc_checks, live_url = await check_http_rpcs(settings)
     checks += rpc_checks
@@ -219,6 +221,39 @@ def check_slices(parent: Path | None) -> Check:
             "cgroup_setup.sh",
         )
     return ok(name, detail)
+
+
+def check_job_limits(parent: Path | None) -> Check:
+    """Which per-job memory and CPU limits hold here: the slices' cgroup limits where the
+    controllers exist, and what holds without them (SECURITY.md, "Resource exhaustion")."""
+    from executor.sandbox.workerd import JOB_DATA_BUDGET, JOB_HEAP_MB, job_nice
+
+    name = "job limits"
+    in_process = (
+        f"V8 heap cap {JOB_HEAP_MB} MB + RLIMIT_DATA +{JOB_DATA_BUDGET >> 20} MB per workerd, "
+        f"workerd at nice {job_nice()}"
+    )
+    try:
+        limits = SlicePool.discover(parent).limits()
+    except ExecutorError:
+        return Check(name, Verdict.SKIP, f"no slices; everywhere: {in_process}")
+    missing = [
+        f"no {controller} controller: {instead}"
+        for controller, value, instead in (
+            ("memory", limits.memory_max, "only the in-process memory caps hold"),
+            ("cpu", limits.cpu_max, "a spinning job may take a whole core until its deadline"),
+        )
+        if value is None
+    ]
+    if missing:
+        return Check(
+            name,
+            Verdict.WARN,
+            f"{'; '.join(missing)} ({in_process})",
+            "enable the memory and cpu controllers for the slices' parent, then re-run "
+            "cgroup_setup.sh",
+        )
+    return ok(name, f"memory.max={limits.memory_max} cpu.max={limits.cpu_max}; {in_process}")
 
 
 def check_vsock() -> Check:

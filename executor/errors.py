@@ -32,6 +32,16 @@ class KeyFileError(ExecutorError, ValueError):
 class SandboxError(ExecutorError):
     """Running code failed for a reason the protocol has no error code for (no submission)."""
 
+    reason = "not_executed"
+    """The ``reason`` label of the jobs-not-submitted metric."""
+
+
+class WorkerdCrashError(SandboxError):
+    """workerd ended during a job without evidence that the job exhausted its memory: a host
+    fault, not the job's doing (no submission, as for any ``SandboxError``)."""
+
+    reason = "workerd_crashed"
+
 
 class NoFreeSliceError(SandboxError):
     """Every cgroup slice is busy or out of service."""

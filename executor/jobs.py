@@ -120,7 +120,8 @@ class JobRunner:
                 outcome = await self._outcome(job, clock)
             except (ChainError, SandboxError) as e:
                 logger.error("%s: not executed: %s", label, e)
-                self._metrics.job_not_submitted("not_executed")
+                reason = e.reason if isinstance(e, SandboxError) else "not_executed"
+                self._metrics.job_not_submitted(reason)
                 self._summary(label, None, None, clock)
                 return None
             self._metrics.job_outcome(outcome.error_code)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from executor.sandbox import Sandbox
 from executor.sandbox.capnp_config import (
     SCHEMA_ENV,
     BinaryConfigs,
@@ -23,7 +24,8 @@ from executor.sandbox.capnp_config import (
     find_schema,
 )
 from executor.sandbox.loader import LOADER_ID, LOADER_JS, render_loader_config
-from executor.sandbox.runner import Sandbox
+from executor.sandbox.outbound import SERVICE as OUTBOUND_SERVICE
+from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.workerd import render_config
 from tests.sandbox_helpers import (
     ECHO_JS,
@@ -198,3 +200,26 @@ def test_a_workerd_that_cannot_start_from_a_binary_config_gets_text_configs(
         assert BinaryConfigs.load(fake) is None
     assert "exited with status 3: cannot read that config" in caplog.text
     assert "workerd starts from text configs" in caplog.text
+
+
+def test_the_outbound_budget_configs_say_what_their_text_configs_say(
+    configs: BinaryConfigs, schema_path: Path, tmp_path: Path
+) -> None:
+    budget = OutboundBudget(fetches=3, received=1000)
+    code = "export default {};"
+    (tmp_path / "job.js").write_text(code)
+    text = render_config(code_file="job.js", port=0, outbound=budget)
+    decoded = _decode(schema_path, configs.job(code.encode(), port=0, secret=None, outbound=budget))
+    assert decoded == _compile_text(schema_path, tmp_path, text)
+    assert decoded["services"][0]["worker"]["globalOutbound"]["name"] == OUTBOUND_SERVICE
+    assert decoded["services"][1]["name"] == OUTBOUND_SERVICE
+    (tmp_path / "loader.js").write_text(LOADER_JS)
+    text = render_loader_config(loader_file="loader.js", port=0, outbound=budget)
+    decoded = _decode(schema_path, configs.loader(LOADER_JS, port=0, outbound=budget))
+    assert decoded == _compile_text(schema_path, tmp_path, text)
+    bindings = decoded["services"][0]["worker"]["bindings"]
+    assert (bindings[1]["name"], bindings[1]["service"]["name"]) == ("BUDGET", OUTBOUND_SERVICE)
+    # Off (the default): the configs are exactly those without a budget.
+    assert configs.job(code.encode(), port=0, secret=None, outbound=OutboundBudget()) == (
+        configs.job(code.encode(), port=0, secret=None)
+    )

@@ -178,6 +178,7 @@ def test_original_executor_file_loads_unchanged(tmp_path: Path) -> None:
     assert s.ws_url_with_key("KEY") == "wss://arb-sepolia.g.alchemy.com/v2/KEY"
     assert s.code_contract_addr.lower() == "0x44fe06d2940b8782a0a9a9ffd09c65852c0156b1"
     assert (s.warm_workers, s.metrics_addr) == (None, None)  # optional keys keep their defaults
+    assert (s.job_fetch_limit, s.job_fetch_bytes_limit) == (0, 0)  # no outbound budget: off
 
 
 def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,12 +20,14 @@ import pytest
 from aiohttp import web
 
 from executor.outcome import ErrorCode
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
-from executor.sandbox.runner import Sandbox
+from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.workerd import JobFiles, render_config
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import write_node_files
+from oyster_devnet.tools import free_port
 from tests.fake_secret_store import FakeSecretStore, running_secret_store
 from tests.node_helpers import running_daemon
 from tests.sandbox_helpers import slice_parent, workerd_bin_or_skip
@@ -80,8 +82,8 @@ async def listener(host: str, port: int) -> AsyncIterator[None]:
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as e:
-        # Something already listens there (on this shared machine, another test's worker on a
-        # slice port): a live listener all the same, which the positive control checks.
+        # Something already listens there (on this shared machine, another test's server):
+        # a live listener all the same, which the positive control checks.
         if e.errno != errno.EADDRINUSE:
             raise
     try:
@@ -121,13 +123,14 @@ async def test_user_code_reaches_no_local_service_and_still_answers(
         daemon = await stack.enter_async_context(running_daemon(files))
         other_slice = await pool.acquire()  # the job gets the other one; this one "runs a job"
         stack.push_async_callback(pool.release, other_slice)
+        other_job_port = free_port()  # the loopback port that job's workerd would listen on
         targets = {
             "admin API": int(daemon.admin_url.rstrip("/").rsplit(":", 1)[1]),
             "secret store": store.port,
             "RPC node": int(anvil.http_url.rstrip("/").rsplit(":", 1)[1]),
-            "another slice": other_slice.port,
+            "another slice": other_job_port,
         }
-        await stack.enter_async_context(listener("127.0.0.1", other_slice.port))
+        await stack.enter_async_context(listener("127.0.0.1", other_job_port))
         hosts = ["127.0.0.1", "localhost"]
         if has_v6:
             hosts.append("[::1]")
@@ -185,8 +188,15 @@ async def test_a_job_sees_only_its_own_secret(parent: Path, tmp_path: Path) -> N
 
 
 def test_config_is_rendered_only_from_a_file_name_a_port_and_a_secret_path() -> None:
-    assert list(inspect.signature(render_config).parameters) == ["code_file", "port", "secret_file"]
+    # (and the operator's outbound budget: two integers of its config, never chain data)
+    assert list(inspect.signature(render_config).parameters) == [
+        "code_file",
+        "port",
+        "secret_file",
+        "outbound",
+    ]
     assert "inputs" not in inspect.signature(JobFiles.write).parameters
+    assert "12345" in OutboundBudget(fetches=12345).worker_js()
 
 
 def test_hostile_code_bytes_never_enter_the_config(tmp_path: Path) -> None:

@@ -89,6 +89,10 @@ async def test_a_good_setup_passes_every_check(files: NodeFiles, slices: Path) -
     assert "workerd" in verdict(lines, "workerd")[0]  # the --version line names the binary
     assert files.key.address in verdict(lines, "key file")[0]
     assert "2 slices" in verdict(lines, "slices")[0]
+    [limits_line] = verdict(lines, "job limits")  # what holds, with or without the controllers
+    assert "V8 heap cap" in limits_line and "RLIMIT_DATA" in limits_line and "nice" in limits_line
+    if limits_line.startswith("warn"):
+        assert "controller" in limits_line
     [config_line] = verdict(lines, "workerd config")
     assert config_line.startswith("ok") and "binary configs, schema" in config_line
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,10 +16,10 @@ import pytest
 
 from executor.errors import SandboxError
 from executor.outcome import ErrorCode
+from executor.sandbox import Sandbox
 from executor.sandbox import warm as warm_module
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.loader import NO_SECRET, Verdict, encode_frame
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.warm import WarmPool, WarmWorker
 from tests.sandbox_helpers import (
     ECHO_JS,
@@ -43,8 +42,8 @@ def parent() -> Iterator[Path]:
 
 def _sandbox(parent: Path, tmp_path: Path, warm_workers: int | None, workerd: Path) -> Sandbox:
     runtime, store = tmp_path / "runtime", tmp_path / "secrets"
-    runtime.mkdir(exist_ok=True)
-    store.mkdir(exist_ok=True)
+    runtime.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
     return Sandbox(
         workerd_bin=workerd,
         runtime_path=runtime,
@@ -80,8 +79,8 @@ def _spy_on_take(warm: WarmPool, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     taken: list[int] = []
     real_take = warm.take
 
-    def take() -> WarmWorker | None:
-        worker = real_take()
+    def take(key: bytes | None = None) -> WarmWorker | None:
+        worker = real_take(key)
         if worker is not None:
             taken.append(worker.proc.pid)
         return worker
@@ -297,35 +296,29 @@ async def test_zero_warm_workers_is_the_cold_path(parent: Path, tmp_path: Path) 
     await sandbox.close()
 
 
-async def test_a_slice_whose_port_is_taken_is_retried_not_given_up(
-    parent: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_two_pools_of_equally_numbered_slices_share_a_host_without_port_clashes(
+    parent: Path, tmp_path: Path
 ) -> None:
-    sandbox = _sandbox(parent, tmp_path, None, workerd_bin_or_skip())
-    assert sandbox.pool is not None
-    blocked = sandbox.pool.slices[0]
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as workerd binds it
-    try:
-        squatter.bind(("127.0.0.1", blocked.port))
-    except OSError as e:
-        squatter.close()
-        pytest.skip(f"port {blocked.port} is in use on this machine: {e}")
-    squatter.listen()
-    with caplog.at_level(logging.WARNING, logger="executor.sandbox.warm"):
-        sandbox.start()
+    # A daemon and a test suite (or `oyster-executor run`) on one host, each with its workerd_1..2:
+    # slices own no port, so both arm every slice and serve jobs at once.
+    workerd = workerd_bin_or_skip()
+    with slice_parent(count=2) as other_parent:
+        first = _sandbox(parent, tmp_path / "a", None, workerd)
+        second = _sandbox(other_parent, tmp_path / "b", None, workerd)
+        first.start()
+        second.start()
         try:
-            warm = _warm(sandbox)
-            await eventually(lambda: warm.ready_count == 1)
-            assert warm.available is True  # one busy port does not turn warm slices off
-            await eventually(lambda: f"cannot arm slice {blocked.name} (retrying" in caplog.text)
-            outcome = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
-            assert outcome.output == b"echo:x"
-            squatter.close()
-            await eventually(lambda: warm.ready_count == 2)  # armed on a later try
+            await eventually(lambda: _warm(first).ready_count == _warm(second).ready_count == 2)
+            ports = set(_warm(first).ready_ports()) | set(_warm(second).ready_ports())
+            assert len(ports) == 4
+            outcomes = await asyncio.gather(
+                *(sb.execute(ECHO_JS, b"p", deadline_ms=5000) for sb in (first, second) * 2)
+            )
+            assert [o.output for o in outcomes] == [b"echo:p"] * 4
+            assert first.runs["warm"] == second.runs["warm"] == 2
         finally:
-            squatter.close()
-            await sandbox.close()
-    assert files_in(tmp_path / "runtime") == []
+            await first.close()
+            await second.close()
 
 
 # --- fallback -------------------------------------------------------------------------------
@@ -358,6 +351,51 @@ async def test_falls_back_to_cold_when_the_loader_cannot_start(
     assert "warm slices UNAVAILABLE, every job runs cold" in caplog.text
     assert "unknown option --experimental" in caplog.text
     assert files_in(tmp_path / "runtime") == []
+
+
+# Counts how often this module's top level ran in its isolate, and answers with the count and
+# the secret: a pre-loaded isolate ran it once, before the job, exactly as a cold start would.
+PRELOAD_JS = b"""
+globalThis.loads = (globalThis.loads || 0) + 1;
+export default {
+  async fetch(request, env) {
+    const secret = env.secret ? new TextDecoder().decode(env.secret) : "none";
+    return new Response("loads=" + globalThis.loads + " secret=" + secret);
+  }
+};
+"""
+
+
+async def test_the_last_code_is_preloaded_for_its_next_job_and_only_for_it(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "secrets" / "7.bin").write_bytes(b"seven")
+    (tmp_path / "secrets" / "8.bin").write_bytes(b"eight")
+    warm = _warm(sandbox)
+    taken = _spy_on_take(warm, monkeypatch)
+    for _ in range(2):  # a code that ran twice in a row is pre-loaded
+        first = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=7)
+        assert first.output == b"loads=1 secret=seven"
+    await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
+    preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
+    # Another secret, then another code: never a process pre-loaded with something else.
+    for _ in range(2):
+        other_secret = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+        assert other_secret.output == b"loads=1 secret=eight"
+        assert taken[-1] not in preloaded
+    await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
+    preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
+    other_code = await sandbox.execute(ECHO_JS, b"x", deadline_ms=5000)
+    assert other_code.output == b"echo:x" and taken[-1] not in preloaded
+    # The same code and secret again: its pre-loaded process, top level run once, before it.
+    for _ in range(2):
+        await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+    await eventually(lambda: any(w.preloaded is not None for w in warm._ready))
+    hits = sandbox.preloaded_runs
+    preloaded = {w.proc.pid for w in warm._ready if w.preloaded is not None}
+    again = await sandbox.execute(PRELOAD_JS, b"", deadline_ms=5000, secret_id=8)
+    assert again.output == b"loads=1 secret=eight"
+    assert taken[-1] in preloaded and sandbox.preloaded_runs == hits + 1
 
 
 async def test_a_keeper_that_dies_is_restarted_and_arms_again(

@@ -19,8 +19,8 @@ import pytest
 
 from executor.errors import SandboxError
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
-from executor.sandbox.runner import Sandbox
 from executor.sandbox.workerd import render_config
 from tests.sandbox_helpers import (
     ECHO_JS,
@@ -221,8 +221,9 @@ async def test_the_code_sees_a_plain_post_and_only_its_own_env(env: Env) -> None
 
 
 async def test_outbound_fetch_to_loopback_and_private_addresses_is_refused(env: Env) -> None:
-    # Includes the slices' own ports: a job cannot reach a warm process waiting in another slice.
-    targets = [f"http://127.0.0.1:{s.port}/" for s in env.pool.slices]
+    # Includes the warm processes' ports: a job cannot reach one waiting in another slice.
+    ports = env.sandbox.warm.ready_ports() if env.sandbox.warm is not None else []
+    targets = [f"http://127.0.0.1:{port}/" for port in ports]
     targets += ["http://localhost:1/", "http://[::1]:1/", "http://10.0.0.1:1/"]
     outcome = await env.sandbox.execute(OUTBOUND_JS, " ".join(targets).encode(), deadline_ms=10_000)
     assert outcome.error_code == ErrorCode.OK
@@ -390,7 +391,7 @@ async def test_deadline_can_expire_while_waiting_for_a_slice(env: Env) -> None:
 async def test_unconfined_runs_without_a_slice(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="executor.sandbox.runner"):
+    with caplog.at_level(logging.WARNING, logger="executor.sandbox.core"):
         sandbox = Sandbox(
             workerd_bin=workerd_bin_or_skip(),
             runtime_path=tmp_path,
@@ -467,7 +468,7 @@ async def test_cpu_cap_throttles_a_busy_loop(env: Env, parent: Path, tmp_path: P
 
 
 async def test_clean_up_survives_repeated_cancellation() -> None:
-    from executor.sandbox.runner import _run_to_completion
+    from executor.sandbox.core import _run_to_completion
 
     finished = asyncio.Event()
 

@@ -37,8 +37,8 @@ GAS_ACCOUNTS = (DEV_ACCOUNTS[2], *DEV_ACCOUNTS[4:])
 MAX_EXECUTORS = len(GAS_ACCOUNTS)
 DEFAULT_STATE_FILE = Path(".oyster-devnet.json")
 FIRST_SLICE = 101
-"""Devnet slices are numbered from 101 (ports 11101..), clear of the workerd_1..20 (ports
-11001-11020) of an executor installed on the same machine; executors get disjoint ranges."""
+"""Devnet slices are numbered from 101, apart from the workerd_1..20 of an executor installed on
+the same machine; executors get disjoint ranges (slices own no port: workerd picks a free one)."""
 
 Say = Callable[[str], None]
 
@@ -109,7 +109,7 @@ class Network:
 def cgroup_slices(parent: str, count: int, say: Say, first: int = 1) -> Iterator[Path | None]:
     """Slices ``workerd_<first>``.. under a parent group of our own; None where impossible.
 
-    A slice's number fixes its port (11000 + N), so executors sharing a host get disjoint numbers.
+    Executors sharing a host get disjoint numbers, so that each one's slices are told apart in logs.
     """
     script = REPO_ROOT / "cgroup_setup.sh"
     made = subprocess.run(

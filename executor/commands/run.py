@@ -16,9 +16,9 @@ from typing import Any
 
 from executor.errors import ExecutorError, NoFreeSliceError, SliceSetupError
 from executor.outcome import ErrorCode, JobOutcome
-from executor.sandbox.binary import find_workerd
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
-from executor.sandbox.runner import Sandbox
+from executor.sandbox.locate import find_workerd
 
 DEFAULT_DEADLINE_MS = 5000
 EXIT_CODE_OFFSET = 10

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from executor.sandbox.loader import LOADER_ID
-from executor.sandbox.workerd import COMPATIBILITY_DATE, binary_config_fd
+from executor.sandbox.outbound import SERVICE as OUTBOUND_SERVICE
+from executor.sandbox.outbound import OutboundBudget
+from executor.sandbox.workerd import COMPATIBILITY_DATE, V8_FLAGS, binary_config_fd
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,14 @@ class BinaryConfigs:
             return None
         return configs
 
-    def job(self, code: bytes, *, port: int, secret: bytes | None) -> bytes | None:
+    def job(
+        self,
+        code: bytes,
+        *,
+        port: int,
+        secret: bytes | None,
+        outbound: OutboundBudget | None = None,
+    ) -> bytes | None:
         """A cold job's config (its code inline, ``env.secret`` = ``secret``); ``None`` for code
         a Text field cannot carry verbatim (the caller then uses the text config)."""
         if b"\x00" in code:
@@ -138,15 +147,19 @@ class BinaryConfigs:
         except UnicodeDecodeError:
             return None
         bindings: list[tuple[str, bytes | None]] = [] if secret is None else [("secret", secret)]
-        return self._config(module=("main", text), flags=[], bindings=bindings, port=port)
+        return self._config(
+            module=("main", text), flags=[], bindings=bindings, port=port, outbound=outbound
+        )
 
-    def loader(self, loader_js: str, *, port: int) -> bytes:
+    def loader(self, loader_js: str, *, port: int, outbound: OutboundBudget | None = None) -> bytes:
         """A warm slice's config: the loader worker and its Worker Loader binding."""
         return self._config(
             module=("loader", loader_js),
             flags=["experimental"],
             bindings=[("LOADER", None)],
             port=port,
+            outbound=outbound,
+            loader=True,
         )
 
     def _config(
@@ -156,9 +169,13 @@ class BinaryConfigs:
         flags: list[str],
         bindings: list[tuple[str, bytes | None]],
         port: int,
+        outbound: OutboundBudget | None = None,
+        loader: bool = False,
     ) -> bytes:
+        budget = outbound is not None and outbound.active
         config = self._schema.Config.new_message()
-        service = config.init("services", 1)[0]
+        services = config.init("services", 2 if budget else 1)
+        service = services[0]
         service.name = "main"
         worker = service.init("worker")
         main = worker.init("modules", 1)[0]
@@ -166,19 +183,34 @@ class BinaryConfigs:
         worker.compatibilityDate = COMPATIBILITY_DATE
         if flags:
             worker.compatibilityFlags = flags
+        if budget and loader:
+            bindings = [*bindings, ("BUDGET", b"")]
         if bindings:
             slots = worker.init("bindings", len(bindings))
             for slot, (name, data) in zip(slots, bindings, strict=True):
                 slot.name = name
-                if data is None:
+                if name == "BUDGET" and loader:
+                    slot.init("service").name = OUTBOUND_SERVICE
+                elif data is None:
                     slot.init("workerLoader").id = LOADER_ID
                 else:
                     slot.data = data
+        if budget:
+            assert outbound is not None
+            if not loader:
+                worker.init("globalOutbound").name = OUTBOUND_SERVICE
+            counting = services[1]
+            counting.name = OUTBOUND_SERVICE
+            counter = counting.init("worker")
+            counter_module = counter.init("modules", 1)[0]
+            counter_module.name, counter_module.esModule = "outbound", outbound.worker_js()
+            counter.compatibilityDate = COMPATIBILITY_DATE
         socket = config.init("sockets", 1)[0]
         socket.name = "http"
         socket.address = f"127.0.0.1:{port}"
         socket.init("http")
         socket.service.name = "main"
+        config.v8Flags = list(V8_FLAGS)
         return bytes(config.to_bytes())
 
 

@@ -1,7 +1,9 @@
 """The pool of cgroup v2 slices that confine workerd, one job per slice (docs/protocol.md §5).
 
 Slices are the groups ``workerd_<N>`` that ``cgroup_setup.sh`` creates under a parent group (by
-default the cgroup2 mount root). Slice ``workerd_N`` owns the port ``11000 + N``.
+default the cgroup2 mount root). A slice owns no port: workerd in it listens on a port the kernel
+picks (``127.0.0.1:0``, reported through workerd's control fd), so processes sharing a host never
+collide on one.
 
 A slice is handed to a job by :meth:`SlicePool.reserve` and given back by
 :meth:`SlicePool.release`, which kills everything left in it and checks that it is empty. A slice
@@ -25,7 +27,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,6 @@ from executor.errors import NoFreeSliceError, SliceSetupError
 log = logging.getLogger(__name__)
 
 SLICE_PREFIX = "workerd_"
-BASE_PORT = 11000
 KILL_TIMEOUT_S = 2.0
 SETUP_HINT = "run `sudo ./cgroup_setup.sh` (see --help) to create them"
 
@@ -65,7 +66,7 @@ def find_cgroup2_mount(mountinfo: Path = _MOUNTINFO) -> Path:
 
 @dataclass(frozen=True)
 class Slice:
-    """One cgroup ``workerd_<index>``; the job confined to it listens on :attr:`port`."""
+    """One cgroup ``workerd_<index>``."""
 
     index: int
     path: Path
@@ -75,10 +76,6 @@ class Slice:
         return f"{SLICE_PREFIX}{self.index}"
 
     @property
-    def port(self) -> int:
-        return BASE_PORT + self.index
-
-    @property
     def procs_file(self) -> Path:
         """Writing a pid here moves that process into the slice."""
         return self.path / "cgroup.procs"
@@ -86,6 +83,19 @@ class Slice:
     def pids(self) -> list[int]:
         """Processes currently in the slice (raises ``OSError`` if the group is gone)."""
         return [int(p) for p in self.procs_file.read_text().split()]
+
+    def oom_kills(self) -> int | None:
+        """The kernel's count of processes killed in the slice for exceeding ``memory.max``
+        (``memory.events``); ``None`` without the memory controller."""
+        try:
+            events = (self.path / "memory.events").read_text()
+        except OSError:
+            return None
+        for line in events.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return None
 
     def trigger_kill(self) -> bool:
         """Have the kernel SIGKILL everything in the slice; ``False`` if there is no cgroup.kill."""
@@ -158,6 +168,10 @@ class SlicePool:
         self._locks: dict[int, int] = {}  # slice index -> fd of its locked directory
         self._out_of_service: set[int] = set()
         self._freed = asyncio.Event()
+        self.on_release: list[Callable[[], None]] = []
+        """Called after every release (the admission queue hands the slice on)."""
+        self.foreign_locked = 0
+        """Slices the last :meth:`reserve` found locked by another process."""
 
     @classmethod
     def discover(cls, parent: Path | None = None) -> SlicePool:
@@ -223,11 +237,14 @@ class SlicePool:
 
     def reserve(self) -> Slice:
         """Take a free, empty slice for one job; raises ``NoFreeSliceError`` when there is none."""
+        self.foreign_locked = 0
         for s in self._slices:
             if s.index in self._locks or s.index in self._out_of_service:
                 continue
             fd = self._try_lock(s)
             if fd is None:
+                if s.index not in self._out_of_service:
+                    self.foreign_locked += 1
                 continue
             try:
                 leftovers = s.pids()
@@ -269,13 +286,29 @@ class SlicePool:
             del self._locks[slice_.index]
             os.close(fd)
             self._freed.set()
+            self._released()
+
+    def unreserve(self, slice_: Slice) -> None:
+        """Give back a slice :meth:`reserve` returned and nothing has used (still empty)."""
+        fd = self._locks.pop(slice_.index)
+        os.close(fd)
+        self._freed.set()
+        self._released()
+
+    def _released(self) -> None:
+        for callback in self.on_release:
+            try:
+                callback()
+            except Exception:
+                log.exception("slice release callback failed")
 
     async def acquire(self, poll_s: float = 0.05) -> Slice:
         """Reserve a slice, waiting while every slice is busy; bound it with a timeout or cancel.
 
         Only "all busy" waits: when no slice is in service it raises ``NoFreeSliceError`` at once.
         Releases in this process wake the waiters; slices locked by another process (a local
-        ``oyster-executor run``) are noticed by polling.
+        ``oyster-executor run``) are noticed by looking again every ``poll_s``. (The sandbox queues
+        its jobs with :class:`.admission.Admission` instead.)
         """
         while True:
             try:

@@ -1,14 +1,12 @@
-"""The one HTTP request the sandbox makes per job: a POST to a local workerd, on a connection of its
-own, read up to a bound.
+"""The one HTTP request the sandbox makes per job: a POST to a local workerd, read up to a bound.
 
-aiohttp's client cost ~0.7 ms per request here (measured on the warm path's loader request: 10.1
-against 9.4 ms), on every job's critical path. This is all the sandbox needs of HTTP/1.1: it sends
-exactly ``Host``, ``Content-Length`` and ``Connection: close`` (the request headers a job's worker
-has always seen), then reads the status line, the headers and a body framed by ``Content-Length``,
-by chunks, or by the end of the connection. It keeps at most the ``limit`` bytes of body its caller
-asks for (its cap + 1) and reads no further. Anything that is not a well-formed HTTP/1.x response,
-or a connection that breaks, raises :class:`HttpError`; the sandbox turns that into its own failure
-(nothing is submitted), as it did with aiohttp's errors.
+HTTP/1.1 itself is h11's (a kept, sans-I/O library); this module only moves its bytes over an
+asyncio stream. The request carries exactly ``Host``, ``Content-Length`` and ``Connection: close``
+(the request headers a job's worker has always seen). At most the ``limit`` bytes of body the
+caller asks for (its cap + 1) are kept, and the reading stops there. Anything that is not a
+well-formed HTTP/1.x response, or a connection that breaks, raises :class:`HttpError`; the
+sandbox turns that into its own failure (nothing is submitted, unless the job exhausted its
+memory: :mod:`.paths`).
 """
 
 from __future__ import annotations
@@ -20,10 +18,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-T = TypeVar("T")
+import h11
 
 MAX_HEAD_BYTES = 64 * 1024
-"""Status line and headers together; a larger head is refused (aiohttp refused 8 KiB lines)."""
+"""Status line and headers together; a larger head is refused."""
+READ_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 class HttpError(OSError):
@@ -38,6 +38,7 @@ class KeptConnection:
     writer: asyncio.StreamWriter
     idle_since: float
     """``time.monotonic()`` when its last response was read to the end."""
+    protocol: h11.Connection | None = None
 
     def usable(self, within_s: float) -> bool:
         """Open, not closed by the peer, and idle for less than ``within_s``."""
@@ -76,12 +77,14 @@ class Exchange:
         reuse: KeptConnection | None = None,
     ) -> None:
         self._port = port
+        self._where = f"127.0.0.1:{port}"
         self._body = body
         self._method = method
         self._keep_alive = keep_alive
         self._reuse = reuse
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._complete = False
         self._kept = False
         self.status = 0
@@ -89,25 +92,43 @@ class Exchange:
         """Lower-cased names; a repeated header keeps its first value."""
 
     async def __aenter__(self) -> Exchange:
-        where = f"127.0.0.1:{self._port}"
-        if self._reuse is not None:
+        if self._reuse is not None and self._reuse.protocol is not None:
             self._reader, self._writer = self._reuse.reader, self._reuse.writer
+            self._h11 = self._reuse.protocol
+            self._h11.start_next_cycle()
         else:
             try:
-                self._reader, self._writer = await asyncio.open_connection(
-                    "127.0.0.1", self._port, limit=MAX_HEAD_BYTES
-                )
+                self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
             except OSError as e:
-                raise HttpError(f"cannot connect to {where}: {e}") from e
+                raise HttpError(f"cannot connect to {self._where}: {e}") from e
         try:
-            head = f"{self._method} / HTTP/1.1\r\nHost: {where}\r\n"
-            if self._method == "POST":
-                head += f"Content-Length: {len(self._body)}\r\n"
+            headers = [("Host", self._where)]
+            if self._method != "GET":
+                headers.append(("Content-Length", str(len(self._body))))
             if not self._keep_alive:
-                head += "Connection: close\r\n"
-            self._writer.write((head + "\r\n").encode("ascii") + self._body)
-            await _guarded(self._writer.drain(), where)
-            self.status, self.headers = await _guarded(_read_head(self._reader), where)
+                headers.append(("Connection", "close"))
+            try:
+                request = h11.Request(method=self._method, target="/", headers=headers)
+                data = self._h11.send(request) or b""
+                if self._body:
+                    data += self._h11.send(h11.Data(data=self._body)) or b""
+                data += self._h11.send(h11.EndOfMessage()) or b""
+            except h11.LocalProtocolError as e:
+                raise HttpError(f"cannot send the request to {self._where}: {e}") from e
+            self._writer.write(data)
+            await self._guarded(self._writer.drain())
+            while True:
+                event = await self._next_event()
+                if isinstance(event, h11.Response):
+                    break
+                if not isinstance(event, h11.InformationalResponse):
+                    raise HttpError(f"the connection to {self._where} broke: {event!r}")
+            self.status = event.status_code
+            head = sum(len(name) + len(value) + 4 for name, value in event.headers)
+            if head > MAX_HEAD_BYTES:  # h11 bounds only a head still incomplete
+                raise HttpError(f"the response head from {self._where} exceeds {MAX_HEAD_BYTES} B")
+            for name, value in event.headers:
+                self.headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         except BaseException:
             await self._close()
             raise
@@ -116,23 +137,56 @@ class Exchange:
     async def read(self, limit: int) -> bytes:
         """The body, or its first ``limit`` bytes (nothing more is read)."""
         assert self._reader is not None, "not entered"
-        where = f"127.0.0.1:{self._port}"
-        body, self._complete = await _guarded(_read_body(self._reader, self.headers, limit), where)
-        return body
+        chunks: list[bytes] = []
+        kept = 0
+        while kept < limit:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                take = bytes(event.data[: limit - kept])
+                chunks.append(take)
+                kept += len(take)
+            elif isinstance(event, h11.EndOfMessage):
+                self._complete = True
+                break
+            else:  # ConnectionClosed: a body framed by the end of the connection
+                break
+        return b"".join(chunks)
 
     def keep(self) -> KeptConnection | None:
         """The connection, left open for another request, if this exchange asked for that, the
-        server did not refuse, and the body was read to its end (with a ``Content-Length``)."""
-        refused = "close" in self.headers.get("connection", "").lower()
-        if not (self._keep_alive and self._complete) or refused or self._writer is None:
+        server did not refuse, and the body was read to its end."""
+        if not (self._keep_alive and self._complete) or self._writer is None:
             return None
+        if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
+            return None  # the server closes it (Connection: close, or a body framed by EOF)
         assert self._reader is not None
         self._kept = True
-        return KeptConnection(self._reader, self._writer, time.monotonic())
+        return KeptConnection(self._reader, self._writer, time.monotonic(), self._h11)
 
     async def __aexit__(self, *exc: object) -> None:
         if not self._kept:
             await self._close()
+
+    async def _next_event(self) -> object:
+        assert self._reader is not None
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as e:
+                raise HttpError(f"malformed response from {self._where}: {e}") from e
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self._guarded(self._reader.read(READ_BYTES))
+            try:
+                self._h11.receive_data(data)  # b"": the end of the connection
+            except h11.RemoteProtocolError as e:
+                raise HttpError(f"malformed response from {self._where}: {e}") from e
+
+    async def _guarded(self, step: Awaitable[T]) -> T:
+        try:
+            return await step
+        except ConnectionError as e:
+            raise HttpError(f"the connection to {self._where} broke: {e!r}") from e
 
     async def _close(self) -> None:
         if self._writer is not None:
@@ -145,84 +199,3 @@ async def post(port: int, body: bytes, *, limit: int) -> bytes:
     """POST ``body`` and return the response body's first ``limit`` bytes (status ignored)."""
     async with Exchange(port, body) as exchange:
         return await exchange.read(limit)
-
-
-async def _guarded(step: Awaitable[T], where: str) -> T:
-    try:
-        return await step
-    except (ConnectionError, asyncio.IncompleteReadError) as e:
-        raise HttpError(f"the connection to {where} broke: {e!r}") from e
-    except asyncio.LimitOverrunError as e:
-        raise HttpError(
-            f"a response line from {where} is longer than {MAX_HEAD_BYTES} bytes"
-        ) from e
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    raw = await reader.readuntil(b"\r\n\r\n")
-    lines = raw[:-4].decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise HttpError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise HttpError(f"malformed response header line: {line[:100]!r}")
-        headers.setdefault(name.lower(), value.strip())
-    return int(code), headers
-
-
-async def _read_body(
-    reader: asyncio.StreamReader, headers: dict[str, str], limit: int
-) -> tuple[bytes, bool]:
-    """The body's first ``limit`` bytes, and whether it ended there with a ``Content-Length``
-    framing (only then can the connection carry another exchange)."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _read_chunked(reader, limit), False
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise HttpError(f"malformed Content-Length {length[:40]!r}")
-        wanted = min(int(length), limit)
-        data = await reader.read(wanted) if wanted else b""
-        while len(data) < wanted:
-            more = await reader.read(wanted - len(data))
-            if not more:
-                raise HttpError(f"the body ended after {len(data)} of {length} bytes")
-            data += more
-        return data, wanted == int(length)
-    return await _read_to_end(reader, limit), False
-
-
-async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    kept = 0
-    while kept < limit:
-        line = await reader.readuntil(b"\r\n")
-        size_text = line[:-2].split(b";", 1)[0].strip()
-        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
-            raise HttpError(f"malformed chunk size {size_text[:40]!r}")
-        size = int(size_text, 16)
-        if size == 0:
-            break  # trailers, if any, are not read: nothing of them is kept
-        take = min(size, limit - kept)
-        chunks.append(await reader.readexactly(take))
-        kept += take
-        if take == size:
-            if await reader.readexactly(2) != b"\r\n":
-                raise HttpError("a chunk is not followed by CRLF")
-    return b"".join(chunks)
-
-
-async def _read_to_end(reader: asyncio.StreamReader, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    kept = 0
-    while kept < limit:
-        chunk = await reader.read(limit - kept)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        kept += len(chunk)
-    return b"".join(chunks)

@@ -15,6 +15,14 @@ request, i.e. what a cold worker sees. The loaded worker cannot reach ``LOADER``
 only what is passed, and its outbound ``fetch`` follows workerd's default network rules (loopback
 and private addresses refused), the same as on the cold path.
 
+Pre-loading: a PUT carrying a frame without inputs (the code of a job that just ran, and its
+secret) has the loader start that code's isolate under the id ``job-pre``: its top level runs
+then, as a cold workerd runs it before listening; nothing of it is called. A later POST whose code
+and secret are byte for byte the pre-loaded ones runs in that isolate (re-created, with the same
+code, if workerd dropped it meanwhile); any other POST gets a fresh isolate. The sandbox sends a
+job to a pre-loaded process only when its :func:`preload_key` matches, and the process still
+serves exactly one job.
+
 Every answer of the loader carries the :data:`VERDICT_HEADER` (the loader replaces any header of
 that name the user's response has, so user code cannot forge it); an answer without it is the
 loader's own failure (workerd's bare 500) and raises ``SandboxError``: nothing is submitted.
@@ -35,11 +43,14 @@ looks like a start failure, never one without ``remote``.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from enum import Enum
 
 from executor.errors import SandboxError
-from executor.sandbox.workerd import COMPATIBILITY_DATE, capnp_string
+from executor.sandbox.outbound import SERVICE as OUTBOUND_SERVICE
+from executor.sandbox.outbound import OutboundBudget
+from executor.sandbox.workerd import COMPATIBILITY_DATE, V8_FLAGS, capnp_string, outbound_parts
 
 VERDICT_HEADER = "x-oyster-loader-verdict"
 NO_SECRET = 0xFFFFFFFF
@@ -51,6 +62,15 @@ LOADER_JS = f"""\
 const VERDICT = "{VERDICT_HEADER}";
 const NO_SECRET = {NO_SECRET};
 let jobs = 0;
+let preloaded = null;  // {{ code, secret }} of the PUT that pre-loaded "job-pre", if any
+
+function sameBytes(a, b) {{
+  if (a === null || b === null) return a === b;
+  if (a.byteLength !== b.byteLength) return false;
+  const x = new Uint8Array(a), y = new Uint8Array(b);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}}
 
 function verdict(kind, error) {{
   const text = String((error && error.stack) || error);
@@ -59,7 +79,7 @@ function verdict(kind, error) {{
 
 export default {{
   async fetch(request, env) {{
-    if (request.method !== "POST") {{  // the warm-up request
+    if (request.method === "GET") {{  // the warm-up request
       return new Response("ready", {{ headers: {{ [VERDICT]: "responded" }} }});
     }}
     const frame = new Uint8Array(await request.arrayBuffer());
@@ -70,19 +90,31 @@ export default {{
     const code = new TextDecoder().decode(frame.subarray(at, at + codeLength));
     at += codeLength;
     const workerEnv = {{}};
+    let secret = null;
     if (secretLength !== NO_SECRET) {{
-      workerEnv.secret = frame.slice(at, at + secretLength).buffer;
+      secret = frame.slice(at, at + secretLength).buffer;
+      workerEnv.secret = secret;
       at += secretLength;
     }}
     const inputs = frame.slice(at);
     const headers = {{ host: request.headers.get("host"), connection: "close" }};
-    jobs += 1;
-    const worker = env.LOADER.get("job-" + jobs, () => ({{
+    const job = () => ({{
       compatibilityDate: "{COMPATIBILITY_DATE}",
       mainModule: "main",
       modules: {{ main: {{ js: code }} }},
       env: workerEnv,
-    }}));
+      ...(env.BUDGET ? {{ globalOutbound: env.BUDGET }} : {{}}),  // the outbound budget, if any
+    }});
+    if (request.method === "PUT") {{  // pre-load: start the isolate (its top level), call nothing
+      preloaded = {{ code, secret }};
+      env.LOADER.get("job-pre", job).getEntrypoint();
+      return new Response("preloaded", {{ headers: {{ [VERDICT]: "responded" }} }});
+    }}
+    // The pre-loaded isolate only for exactly its code and secret; else a fresh one.
+    const same =
+      preloaded !== null && preloaded.code === code && sameBytes(preloaded.secret, secret);
+    jobs += 1;
+    const worker = env.LOADER.get(same ? "job-pre" : "job-" + jobs, job);
     let response;
     try {{
       response = await worker.getEntrypoint().fetch(request.url, {{
@@ -108,22 +140,38 @@ export default {{
 """
 
 
-def render_loader_config(*, loader_file: str, port: int) -> str:
-    """The config of a warm slice: the loader worker on ``127.0.0.1:<port>``, nothing else."""
+def render_loader_config(
+    *, loader_file: str, port: int, outbound: OutboundBudget | None = None
+) -> str:
+    """The config of a warm slice: the loader worker on ``127.0.0.1:<port>``, nothing else (with
+    an active ``outbound`` budget, also its counting worker, bound to the loader as ``BUDGET``:
+    the loader hands it to the job's isolate as its ``globalOutbound``, never in its ``env``)."""
+    services, _ = outbound_parts(outbound)
+    budget = f', (name = "BUDGET", service = "{OUTBOUND_SERVICE}")' if services else ""
     return f"""using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
-  services = [ (name = "main", worker = .loaderWorker) ],
+  services = [ (name = "main", worker = .loaderWorker){services} ],
   sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+  v8Flags = [ {", ".join(capnp_string(flag) for flag in V8_FLAGS)} ],
 );
 
 const loaderWorker :Workerd.Worker = (
   modules = [ (name = "loader", esModule = embed {capnp_string(loader_file)}) ],
   compatibilityDate = "{COMPATIBILITY_DATE}",
   compatibilityFlags = ["experimental"],
-  bindings = [ (name = "LOADER", workerLoader = (id = "{LOADER_ID}")) ],
+  bindings = [ (name = "LOADER", workerLoader = (id = "{LOADER_ID}")){budget} ],
 );
 """
+
+
+def preload_key(code: bytes, secret_id: int, secret: bytes | None) -> bytes:
+    """What a pre-loaded warm process was loaded with: a job may use it only if its own key is
+    the same (the code and the secret, by their digests, and the secret's id)."""
+    digest = hashlib.sha256(code)
+    digest.update(secret_id.to_bytes(32, "big"))
+    digest.update(b"\x00" if secret is None else b"\x01" + hashlib.sha256(secret).digest())
+    return digest.digest()
 
 
 def encode_frame(code: bytes, inputs: bytes, secret: bytes | None) -> bytes:

@@ -17,9 +17,20 @@ are running, and a burst would pay for the next burst's preparation. Arming resu
 CPU has room and the jobs have paused for a moment (``ARM_QUIET_S``: the jobs of one block reach
 the sandbox over some milliseconds, not at once), so an idle node keeps every slice warm.
 
-Whether this workerd has a Worker Loader at all is decided once, at start, by a probe on an
-ephemeral port: if it has not (no ``--experimental`` / ``workerLoader``), the pool says so in the
-log and stands down, and every job takes the cold path.
+Every loader listens on a port the kernel picks (``127.0.0.1:0``, reported on workerd's control
+fd), so slices own no port and processes sharing a host cannot collide.
+
+Pre-loading (:meth:`WarmPool.remember`): after two jobs of the same code and secret in a row
+answered errorCode 0, up to
+:data:`PRELOAD_SLICES` slices, never all, are armed with that job's code and secret already
+loaded (:mod:`.loader`), for the next job of that code and secret; its isolate is then ready
+before it arrives. Jobs of any other code or secret take a plain slice (or have a pre-loaded one
+re-armed when no other slot is left). A pre-loaded process not taken within
+:data:`PRELOAD_TTL_S` is re-armed plain, and the code is no longer pre-loaded.
+
+Whether this workerd has a Worker Loader at all is decided once, at start, by a probe: if it has
+not (no ``--experimental`` / ``workerLoader``), the pool says so in the log and stands down, and
+every job takes the cold path.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +58,14 @@ from executor.sandbox.loader import (
     Verdict,
     render_loader_config,
 )
-from executor.sandbox.workerd import FILE_PREFIX, WorkerdProcess, write_new_file
+from executor.sandbox.outbound import OutboundBudget
+from executor.sandbox.workerd import (
+    ARM_NICE,
+    FILE_PREFIX,
+    WorkerdProcess,
+    lower_priority,
+    write_new_file,
+)
 from executor.supervisor import Supervisor
 from executor.tasks import TaskSet
 
@@ -67,6 +86,12 @@ BUSY_JOBS = os.cpu_count() or 1
 """While this many jobs run, nothing is armed (see the module docstring)."""
 ARM_QUIET_S = 0.1
 """Nothing is armed until this long after a job last started or finished."""
+PRELOAD_TTL_S = 30.0
+"""A pre-loaded process no job has taken for this long is re-armed plain (its top level may
+keep a core busy at the lowest priority: it is the code's, not a job's)."""
+PRELOAD_SLICES = 2
+"""Warm slices at most that hold the last job's code pre-loaded (see :meth:`WarmPool.remember`);
+the others stay plain, for jobs of any other code or secret."""
 
 
 @dataclass(eq=False)
@@ -80,6 +105,10 @@ class WarmWorker:
     port: int
     connection: http1.KeptConnection | None = None
     """The warm-up request's connection, kept open for the job's request (see ``REUSE_S``)."""
+    preloaded: bytes | None = None
+    """The :func:`.loader.preload_key` of the code pre-loaded in it; ``None``: a plain one."""
+    ready_at: float = 0.0
+    """``time.monotonic()`` when it got ready."""
 
     def connection_for_job(self) -> http1.KeptConnection | None:
         """The kept connection if it may carry the job's request now; else ``None`` (closed)."""
@@ -112,8 +141,10 @@ class WarmPool:
         runtime_path: Path,
         target: int | None,
         configs: BinaryConfigs | None = None,
+        outbound: OutboundBudget | None = None,
     ) -> None:
         self._pool = pool
+        self._outbound = outbound
         self._configs = configs
         self._workerd_bin = workerd_bin
         self._runtime_path = runtime_path
@@ -123,6 +154,8 @@ class WarmPool:
         self.available: bool | None = None if self.target > 0 else False
         """``None`` until the start-up probe tells; ``False``: this workerd has no loader."""
         self._changed = asyncio.Event()  # a worker got ready, a slice freed, or stood down
+        self.on_change: list[Callable[[], None]] = []
+        """Called whenever :attr:`_changed` is set (the admission queue hands slots on)."""
         self._wanted = asyncio.Event()  # a slot opened: the keeper arms another slice
         self.waiting = 0
         """Jobs waiting for a slot (see :meth:`_should_arm`); kept by the sandbox."""
@@ -133,6 +166,9 @@ class WarmPool:
         self.quiet_s = ARM_QUIET_S
         self._last_job_event = -ARM_QUIET_S  # loop time a job last started or finished
         self._arm_gate = asyncio.Semaphore(ARM_CONCURRENCY)
+        self._preload: tuple[bytes, bytes] | None = None  # (key, frame) of the last job's code
+        self._preloading = 0
+        self._last_key: bytes | None = None  # the key of the last job remembered
         self._tasks = TaskSet("warm")
         self._keeper: asyncio.Task[None] | None = None
 
@@ -153,6 +189,10 @@ class WarmPool:
     def ready_pids(self) -> list[int]:
         """The pids of the armed processes waiting for a job."""
         return [w.proc.pid for w in self._ready]
+
+    def ready_ports(self) -> list[int]:
+        """The loopback ports the armed processes listen on (each picked by the kernel)."""
+        return [w.port for w in self._ready]
 
     def start(self, supervisor: Supervisor | None = None) -> None:
         """Start arming in the background (returns at once): the keeper is the part
@@ -175,18 +215,73 @@ class WarmPool:
         await self._tasks.wait(None)  # armings in progress end by themselves (ARM_TIMEOUT_S)
         while self._ready:
             await self.retire(self._ready.popleft())
-        self._changed.set()
+        self._notify()
 
-    def take(self) -> WarmWorker | None:
-        """A ready worker for one job, now; ``None`` if none is ready."""
-        while self._ready:
-            worker = self._ready.pop()  # the most recently armed: its connection is the freshest
+    def take(self, key: bytes | None = None) -> WarmWorker | None:
+        """A ready worker for one job, now; ``None`` if none is ready. A worker pre-loaded with
+        the job's ``key`` (:func:`.loader.preload_key`) first, else a plain one; never one
+        pre-loaded with another code or secret."""
+        while True:
+            worker = self._pick(key)
+            if worker is None:
+                return None
+            self._ready.remove(worker)
             if worker.proc.returncode is None:
                 self._wanted.set()
+                lower_priority(worker.proc.pid)  # from the arming priority to a job's
                 return worker
             log.warning("warm workerd in %s died while idle; re-arming", worker.slice.name)
             self._background(self.retire(worker), f"retire {worker.slice.name}")
-        return None
+
+    def _pick(self, key: bytes | None) -> WarmWorker | None:
+        plain = None
+        for worker in reversed(self._ready):  # the most recently armed: the freshest connection
+            if key is not None and worker.preloaded == key:
+                return worker
+            if plain is None and worker.preloaded is None:
+                plain = worker
+        return plain
+
+    def remember(self, key: bytes, frame: bytes) -> None:
+        """The code (and secret) of a job that just ran: once the same code and secret have run
+        twice in a row, pre-load them into up to :data:`PRELOAD_SLICES` slices as they are armed,
+        for the next job. Slices pre-loaded with an older code are then re-armed (their processes
+        killed). Jobs of changing codes thus cause no re-arming."""
+        repeated, self._last_key = key == self._last_key, key
+        if not repeated or (self._preload is not None and self._preload[0] == key):
+            return
+        self._preload = (key, frame)
+        for worker in [w for w in self._ready if w.preloaded not in (None, key)]:
+            self._ready.remove(worker)
+            self._background(self.retire(worker), f"retire {worker.slice.name}")
+        self._wanted.set()
+
+    def _expire_preloads(self) -> None:
+        now = time.monotonic()
+        for worker in [w for w in self._ready if w.preloaded is not None]:
+            if now - worker.ready_at > PRELOAD_TTL_S:
+                if self._preload is not None and worker.preloaded == self._preload[0]:
+                    self._preload = None  # not run again for a while: stop pre-loading it
+                self._ready.remove(worker)
+                self._background(self.retire(worker), f"retire {worker.slice.name}")
+
+    def _wants_preload(self) -> tuple[bytes, bytes] | None:
+        if self._preload is None:
+            return None
+        key = self._preload[0]
+        held = sum(1 for w in self._ready if w.preloaded == key) + self._preloading
+        # At least one armed slice stays plain, for jobs of other codes.
+        return self._preload if held < min(PRELOAD_SLICES, self.target - 1) else None
+
+    def evict_preloaded(self, key: bytes | None) -> bool:
+        """Re-arm one process pre-loaded with a code other than ``key`` (for a job that found
+        neither its own nor a plain one, and no free slice); whether there was one."""
+        for worker in self._ready:
+            if worker.preloaded is not None and worker.preloaded != key:
+                self._ready.remove(worker)
+                self._background(self.retire(worker), f"retire {worker.slice.name}")
+                return True
+        return False
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until a worker gets ready, a slice is freed or the pool
@@ -235,8 +330,21 @@ class WarmPool:
 
     def slice_freed(self) -> None:
         """A slice of the pool was released: wake waiting jobs and the keeper."""
-        self._changed.set()
+        self._notify()
         self._wanted.set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        for callback in self.on_change:
+            try:
+                callback()
+            except Exception:
+                log.exception("warm pool change callback failed")
+
+    def give_back(self, worker: WarmWorker) -> None:
+        """Return a worker :meth:`take` gave out and no job used (its job was cancelled first)."""
+        self._ready.append(worker)
+        self._notify()
 
     def job_started(self) -> None:
         self.running += 1
@@ -264,6 +372,7 @@ class WarmPool:
                 async with asyncio.timeout(self._until_quiet_s() or KEEPER_POLL_S):
                     await self._wanted.wait()
             self._wanted.clear()
+            self._expire_preloads()
             while self._should_arm():
                 await self._arm_gate.acquire()  # a slice is taken only when it can be armed now
                 if not self._should_arm():
@@ -305,7 +414,7 @@ class WarmPool:
             )
         else:
             self._ready.append(worker)
-            self._changed.set()
+            self._notify()
             return
         finally:
             self._arming -= 1
@@ -314,14 +423,10 @@ class WarmPool:
         self._wanted.set()
 
     async def _probe(self) -> None:
-        """Decide once whether this workerd has a Worker Loader: start the loader on an ephemeral
-        port, outside any slice (it runs only our loader, no user code), and ask it once.
-
-        A slice's own port may be taken for a while (another process): that is a reason to retry
-        that slice, not to give up on warm slices.
-        """
+        """Decide once whether this workerd has a Worker Loader: start the loader outside any
+        slice (it runs only our loader, no user code), and ask it once."""
         try:
-            proc, files, _, connection = await self._launch(port=0, cgroup_procs=None)
+            proc, files, _, connection = await self._launch(cgroup_procs=None)
         except ArmError as e:
             self.available = False
             log.error(
@@ -329,7 +434,7 @@ class WarmPool:
                 "the Worker Loader did not start (%s)",
                 e,
             )
-            self._changed.set()
+            self._notify()
             return
         if connection is not None:
             await connection.close()
@@ -343,18 +448,44 @@ class WarmPool:
 
     async def _start_worker(self, slice_: Slice) -> WarmWorker:
         try:
-            proc, files, port, connection = await self._launch(
-                port=slice_.port, cgroup_procs=slice_.procs_file
-            )
+            proc, files, port, connection = await self._launch(cgroup_procs=slice_.procs_file)
         except BaseException:
             with contextlib.suppress(OSError):
                 slice_.trigger_kill()
             await self._pool.release(slice_)
             raise
-        return WarmWorker(slice_, proc, files, port, connection)
+        worker = WarmWorker(slice_, proc, files, port, connection, ready_at=time.monotonic())
+        preload = self._wants_preload()
+        if preload is not None:
+            self._preloading += 1
+            try:
+                worker.preloaded = await self._preload_into(worker, *preload)
+            finally:
+                self._preloading -= 1
+        return worker
+
+    async def _preload_into(self, worker: WarmWorker, key: bytes, frame: bytes) -> bytes:
+        """Have the loader start the code's isolate (its top level runs, nothing is called);
+        returns the key, or raises ``ArmError`` with the slice released (the process is not
+        plain any more: it is killed, and :meth:`_arm` tries again)."""
+        try:
+            async with asyncio.timeout(ARM_TIMEOUT_S):
+                async with http1.Exchange(worker.port, frame, method="PUT") as exchange:
+                    verdict = Verdict.from_header(exchange.headers.get(VERDICT_HEADER))
+                    body = await exchange.read(64)
+            if (verdict, body) == (Verdict.RESPONDED, b"preloaded"):
+                return key
+            problem = f"answered {verdict.value}: {body[:100]!r}"
+        except (OSError, SandboxError) as e:  # TimeoutError and HttpError are OSErrors
+            problem = f"{type(e).__name__}: {e}"
+        self.kill(worker)
+        worker.remove_files()
+        await worker.proc.close()
+        await self._pool.release(worker.slice)
+        raise ArmError(f"pre-loading failed: {problem}")
 
     async def _launch(
-        self, *, port: int, cgroup_procs: Path | None
+        self, *, cgroup_procs: Path | None
     ) -> tuple[WorkerdProcess, tuple[Path, ...], int, http1.KeptConnection | None]:
         """Start the loader (from a binary config, else from its files, written here), ask it
         once; ``ArmError`` (all cleaned up) if that fails."""
@@ -363,26 +494,26 @@ class WarmPool:
         try:
             config: Path | bytes
             if self._configs is not None:
-                config = self._configs.loader(LOADER_JS, port=port)
+                config = self._configs.loader(LOADER_JS, port=0, outbound=self._outbound)
             else:
                 stem = self._runtime_path / f"{FILE_PREFIX}loader-{secrets.token_hex(8)}"
                 files = (stem.with_suffix(".js"), stem.with_suffix(".capnp"))
                 write_new_file(files[0], LOADER_JS.encode())
-                rendered = render_loader_config(loader_file=files[0].name, port=port)
+                rendered = render_loader_config(
+                    loader_file=files[0].name, port=0, outbound=self._outbound
+                )
                 write_new_file(files[1], rendered.encode())
                 config = files[1]
             async with asyncio.timeout(ARM_TIMEOUT_S):
-                proc = await WorkerdProcess.spawn(
+                proc, listening = await WorkerdProcess.start(
                     self._workerd_bin,
                     config,
                     cwd=self._runtime_path,
                     cgroup_procs=cgroup_procs,
                     extra_args=("--experimental",),
+                    nice=ARM_NICE,
                 )
-                listening = await proc.wait_listening()
                 if listening is None:
-                    await proc.wait()
-                    await asyncio.wait([proc.stderr.task])
                     raise ArmError(
                         f"workerd exited with status {proc.returncode}: {proc.stderr_tail()}"
                     )
@@ -393,6 +524,7 @@ class WarmPool:
                 raise ArmError(f"warm-up answered {verdict.value}: {body[:200]!r}")
             proc.stdout.forget()
             proc.stderr.forget()
+            proc.cap_memory(learn=True)  # from here on, what the job may add
             return proc, files, listening, connection
         except BaseException as e:
             if proc is not None:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import resource
 import secrets
 import signal
 import sys
@@ -34,10 +35,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor.sandbox.outbound import SERVICE as OUTBOUND_SERVICE
+from executor.sandbox.outbound import OutboundBudget
+
 log = logging.getLogger(__name__)
 
 CAPTURE_LIMIT = 64 * 1024
 """Bytes of workerd's stdout and of its stderr kept (each); the rest is read and dropped."""
+TAIL_LIMIT = 16 * 1024
+"""Bytes kept of the end of each output, whatever came before (workerd's dying words)."""
+
+JOB_HEAP_MB = 48
+"""V8's heap cap for every isolate of a job's workerd (``--max-heap-size``): with workerd's own
+~50 MB this keeps a heap-bloating job within the slice's ``memory.max`` of 100M on any host."""
+JOB_DATA_BUDGET = 80 * 1024 * 1024
+"""Bytes of writable private memory (``RLIMIT_DATA``) a job's workerd may add to what it had when
+it got ready: bounds what the heap cap does not (``ArrayBuffer`` contents, Wasm memory)."""
+JOB_NICE = 10
+"""How much nicer than the daemon every workerd runs (a lower scheduling priority, at most nice
+19): signing, submitting and the timeout watch keep their timing under a full load of spinning
+jobs, and so does the re-arming of warm slices (workerd start-ups)."""
+ARM_NICE = 19
+"""The nice value of a warm slice's workerd while it starts and waits (the lowest priority): its
+start-up CPU does not compete with running jobs; it gets :func:`job_nice` when a job takes it."""
+V8_FLAGS = (f"--max-heap-size={JOB_HEAP_MB}",)
+"""The ``v8Flags`` of every workerd config."""
 
 COMPATIBILITY_DATE = "2023-03-07"
 FILE_PREFIX = "oyster-job-"
@@ -53,22 +75,32 @@ def capnp_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_config(*, code_file: str, port: int, secret_file: str | None = None) -> str:
+def render_config(
+    *,
+    code_file: str,
+    port: int,
+    secret_file: str | None = None,
+    outbound: OutboundBudget | None = None,
+) -> str:
     """The Cap'n Proto text config of docs/protocol.md §4.
 
     ``code_file`` and ``secret_file`` are embedded, so they are paths relative to the config file's
-    folder. ``port`` 0 lets the kernel pick a free port (reported through the control fd).
+    folder. ``port`` 0 lets the kernel pick a free port (reported through the control fd). An
+    active ``outbound`` budget routes the worker's ``fetch`` through its counting worker.
     """
     bindings = ""
     if secret_file is not None:
         bindings = (
             f'\n  bindings = [ (name = "secret", data = embed {capnp_string(secret_file)}) ],'
         )
+    services, worker_outbound = outbound_parts(outbound)
+    bindings += worker_outbound
     return f"""using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
-  services = [ (name = "main", worker = .mainWorker) ],
+  services = [ (name = "main", worker = .mainWorker){services} ],
   sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+  v8Flags = [ {", ".join(capnp_string(flag) for flag in V8_FLAGS)} ],
 );
 
 const mainWorker :Workerd.Worker = (
@@ -76,6 +108,19 @@ const mainWorker :Workerd.Worker = (
   compatibilityDate = "{COMPATIBILITY_DATE}",{bindings}
 );
 """
+
+
+def outbound_parts(outbound: OutboundBudget | None) -> tuple[str, str]:
+    """For a text config: the counting worker's service entry (after the main one) and the main
+    worker's ``globalOutbound`` line; both empty without an active budget."""
+    if outbound is None or not outbound.active:
+        return "", ""
+    service = (
+        f', (name = "{OUTBOUND_SERVICE}", worker = (modules = [ (name = "outbound", '
+        f"esModule = {capnp_string(outbound.worker_js())}) ], "
+        f'compatibilityDate = "{COMPATIBILITY_DATE}"))'
+    )
+    return service, f'\n  globalOutbound = "{OUTBOUND_SERVICE}",'
 
 
 @dataclass(frozen=True)
@@ -87,13 +132,21 @@ class JobFiles:
 
     @classmethod
     def write(
-        cls, runtime_dir: Path, code: bytes, *, port: int, secret_path: Path | None
+        cls,
+        runtime_dir: Path,
+        code: bytes,
+        *,
+        port: int,
+        secret_path: Path | None,
+        outbound: OutboundBudget | None = None,
     ) -> JobFiles:
         """Write both files; ``runtime_dir`` and ``secret_path`` must be resolved (no symlinks)."""
         stem = FILE_PREFIX + secrets.token_hex(8)
         files = cls(code=runtime_dir / f"{stem}.js", config=runtime_dir / f"{stem}.capnp")
         secret_rel = None if secret_path is None else os.path.relpath(secret_path, runtime_dir)
-        config = render_config(code_file=files.code.name, port=port, secret_file=secret_rel)
+        config = render_config(
+            code_file=files.code.name, port=port, secret_file=secret_rel, outbound=outbound
+        )
         try:
             write_new_file(files.code, code)
             write_new_file(files.config, config.encode())
@@ -142,10 +195,13 @@ class BoundedCapture:
         self._kept = 0
         self.dropped = 0
         self._limit = limit
+        self.tail = b""
+        """The last :data:`TAIL_LIMIT` bytes read, kept even when the limit dropped them."""
         self.task = asyncio.ensure_future(self._drain(stream))
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
+            self.tail = (self.tail + chunk)[-TAIL_LIMIT:]
             room = self._limit - self._kept
             if room > 0:
                 self._chunks.append(chunk[:room])
@@ -157,6 +213,7 @@ class BoundedCapture:
         self._chunks.clear()
         self._kept = 0
         self.dropped = 0
+        self.tail = b""
 
     @property
     def data(self) -> bytes:
@@ -241,6 +298,95 @@ def use_pidfd_exit_watcher() -> None:
     asyncio.set_child_watcher(PidfdExitWatcher())
 
 
+_OOM_REPORT = re.compile(
+    # workerd's handler of V8's fatal errors (the heap cap, most often), then its crash handler
+    rb"fatal: V8 fatal error; location = [^\n]*; message = [^\n]*"
+    rb"(?:out of memory|Reached heap limit)[^\n]*\n"
+    rb"\*\*\* Received signal #6: Aborted\nstack:[^\n]*\n*\Z"
+    # V8's own report when the process cannot get memory at all (RLIMIT_DATA), then SIGTRAP
+    rb"|\n# Fatal process out of memory: [^\n]*\n#\n*\Z"
+)
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: object) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+_ready_data: dict[Path, int] = {}
+"""Per workerd binary, the most writable private memory (bytes) a process had once ready."""
+
+
+_learning: dict[Path, asyncio.Lock] = {}
+TRIVIAL_JS = "export default { fetch() { return new Response(); } };"
+
+
+def knows_ready_data(workerd_bin: Path) -> bool:
+    return workerd_bin in _ready_data
+
+
+async def learn_ready_data(workerd_bin: Path, config: bytes | str, cwd: Path) -> None:
+    """Once per binary and process: start workerd on ``config`` (a trivial worker of ours, as a
+    binary config message or a text config's contents) so that :meth:`WorkerdProcess.cap_memory`
+    knows what a ready workerd holds before any job's code runs in one."""
+    lock = _learning.setdefault(workerd_bin, asyncio.Lock())
+    async with lock:
+        if workerd_bin in _ready_data:
+            return
+        files: list[Path] = []
+        if isinstance(config, str):
+            stem = cwd / f"{FILE_PREFIX}learn-{secrets.token_hex(8)}"
+            files = [stem.with_suffix(".js"), stem.with_suffix(".capnp")]
+            write_new_file(files[0], TRIVIAL_JS.encode())
+            write_new_file(files[1], config.replace("@CODE@", files[0].name).encode())
+        target: Path | bytes = files[1] if files else config  # type: ignore[assignment]
+        try:
+            proc, port = await WorkerdProcess.start(workerd_bin, target, cwd=cwd, cgroup_procs=None)
+            try:
+                if port is not None:
+                    proc.cap_memory(learn=True)
+            finally:
+                await proc.close()
+        except OSError as e:
+            _warn_once("learn", "cannot learn what a ready workerd holds: %s", e)
+        finally:
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+def vm_data(pid: int) -> int:
+    """Bytes of writable private memory of process ``pid`` (``VmData``, what ``RLIMIT_DATA``
+    bounds)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    match = re.search(r"^VmData:\s+(\d+) kB$", status, re.MULTILINE)
+    if match is None:
+        raise OSError(f"no VmData in /proc/{pid}/status")
+    return int(match.group(1)) * 1024
+
+
+def job_nice() -> int:
+    """The nice value workerd gets: :data:`JOB_NICE` above this process's own, at most 19."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + JOB_NICE)
+
+
+def lower_priority(pid: int, nice: int | None = None) -> None:
+    """Give process group ``pid`` (a workerd started in its own session) ``nice`` (default
+    :func:`job_nice`): every thread it has now; the threads it starts later inherit it. Raising
+    a priority again needs CAP_SYS_NICE; without it, the process keeps the lower one."""
+    try:
+        os.setpriority(os.PRIO_PGRP, pid, job_nice() if nice is None else nice)
+    except ProcessLookupError:
+        pass
+    except OSError as e:
+        _warn_once("nice", "cannot lower workerd's scheduling priority: %s", e)
+
+
 class WorkerdProcess:
     """One running ``workerd serve``; its pid stays the same through the placement wrapper."""
 
@@ -248,6 +394,7 @@ class WorkerdProcess:
         self._proc = proc
         self._control_fd = control_fd
         self._killed = False
+        self._workerd_bin: Path | None = None
         assert proc.stdout is not None and proc.stderr is not None
         self.stdout = BoundedCapture(proc.stdout)
         self.stderr = BoundedCapture(proc.stderr)
@@ -261,6 +408,7 @@ class WorkerdProcess:
         cwd: Path,
         cgroup_procs: Path | None,
         extra_args: tuple[str, ...] = (),
+        nice: int | None = None,
     ) -> WorkerdProcess:
         """Start workerd on ``config``: a text config file, or a binary config message
         (:mod:`.capnp_config`), handed over in a memfd. With ``cgroup_procs``, workerd runs inside
@@ -294,7 +442,86 @@ class WorkerdProcess:
             os.close(write_fd)
             if config_fd >= 0:
                 os.close(config_fd)
-        return cls(proc, read_fd)
+        lower_priority(proc.pid, nice)
+        started = cls(proc, read_fd)
+        ready = _ready_data.get(workerd_bin)
+        if ready is not None:  # bounds what the job's top level may take before it is ready
+            started._limit_data(ready + JOB_DATA_BUDGET)
+        started._workerd_bin = workerd_bin
+        return started
+
+    @classmethod
+    async def start(
+        cls,
+        workerd_bin: Path,
+        config: Path | bytes,
+        *,
+        cwd: Path,
+        cgroup_procs: Path | None,
+        extra_args: tuple[str, ...] = (),
+        nice: int | None = None,
+    ) -> tuple[WorkerdProcess, int | None]:
+        """:meth:`spawn`, then wait until it listens: the process and its port, or ``None`` if it
+        exited first (then it has been reaped and all of its stderr read)."""
+        proc = await cls.spawn(
+            workerd_bin,
+            config,
+            cwd=cwd,
+            cgroup_procs=cgroup_procs,
+            extra_args=extra_args,
+            nice=nice,
+        )
+        try:
+            port = await proc.wait_listening()
+            if port is None:
+                await proc.wait()
+                await asyncio.wait([proc.stderr.task])  # all of stderr, uncancelled
+        except BaseException:
+            proc.kill()
+            await proc.close()
+            raise
+        return proc, port
+
+    def cap_memory(self, budget: int = JOB_DATA_BUDGET, *, learn: bool = False) -> None:
+        """Let the process add at most ``budget`` bytes of writable private memory to what it
+        has now (``RLIMIT_DATA``); called once it is ready, before it runs the job. With
+        ``learn`` (a process that ran none of a job's code: a warm loader), what it has is
+        remembered per binary, and later starts get that plus ``budget`` at once, so that a
+        job's module top level is bounded too. A process that ran user code never teaches it:
+        its top level could raise the bound of every later start."""
+        try:
+            data = vm_data(self.pid)
+        except ProcessLookupError:
+            return  # it died meanwhile: nothing left to cap
+        except OSError as e:
+            _warn_once("cap_memory", "cannot cap workerd's memory (RLIMIT_DATA): %s", e)
+            return
+        if learn and self._workerd_bin is not None:
+            _ready_data[self._workerd_bin] = max(data, _ready_data.get(self._workerd_bin, 0))
+        self._limit_data(data + budget)
+
+    def _limit_data(self, limit: int) -> None:
+        """Lower ``RLIMIT_DATA`` to ``limit`` (never raises it: a bound set at the start holds)."""
+        try:
+            _, hard = resource.prlimit(self.pid, resource.RLIMIT_DATA)
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            resource.prlimit(self.pid, resource.RLIMIT_DATA, (limit, limit))
+        except ProcessLookupError:
+            pass
+        except OSError as e:
+            _warn_once("cap_memory", "cannot cap workerd's memory (RLIMIT_DATA): %s", e)
+
+    def ended_out_of_memory(self) -> bool:
+        """Whether the process ended by itself with V8's out-of-memory report as its last words.
+
+        The report is workerd's fatal-error line followed by its crash handler's signal line and
+        stack trace: user code can print anything through ``console.error``, but it cannot make
+        workerd exit, and nothing can write after the crash handler.
+        """
+        if self._killed or self.returncode is None or self.returncode == 0:
+            return False
+        return _OOM_REPORT.search(self.stderr.tail) is not None
 
     @property
     def pid(self) -> int:

@@ -22,26 +22,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from executor.errors import NoFreeSliceError, SandboxError
-from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
-from executor.sandbox import http1
+from executor.errors import SandboxError
+from executor.outcome import ErrorCode, JobOutcome
+from executor.sandbox.admission import Admission
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
-from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
+from executor.sandbox.loader import encode_frame, preload_key
+from executor.sandbox.outbound import OutboundBudget
+from executor.sandbox.paths import ColdPath, ExecutionPath, Job, WarmPath
 from executor.sandbox.warm import WarmPool, WarmWorker
-from executor.sandbox.workerd import JobFiles, WorkerdProcess
 from executor.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-SLOT_POLL_S = 0.05
-"""While every slice is busy, how often a waiting job looks again (releases also wake it)."""
 
 
 class Sandbox:
@@ -49,14 +46,17 @@ class Sandbox:
 
     ``warm_workers`` slices (None: all) are kept armed for the next job (:mod:`.warm`; 0: every
     job starts workerd cold); :meth:`start` arms them, :meth:`close` releases them.
-    ``complete_logs=False`` (the daemon, which never reads them) returns a warm job's outcome as
-    soon as its process is killed, with the logs read so far, instead of after the process exited.
+    ``outbound``: an optional budget of fetches and bytes received per job (:mod:`.outbound`;
+    off by default). ``complete_logs=False`` (the daemon, which never reads them) returns a warm
+    job's outcome as soon as its process is killed, with the logs read so far, instead of after
+    the process exited.
 
-    ``pool=None`` runs workerd UNCONFINED (no slice, no resource limits, an ephemeral port): for
-    local development only. ``execute`` may run concurrently (each job holds its own slice) and may
-    be cancelled at any point; either way the process is killed before it returns. On the cold
-    path the slice is also released and the files removed by then; on the warm path that happens
-    right after, in the background, before the slice is armed again.
+    ``pool=None`` runs workerd UNCONFINED (no slice, so no cgroup limits; the in-process memory
+    caps and the lower priority of :mod:`.workerd` still hold): for local development only.
+    ``execute`` may run concurrently (each job holds its own slice) and may be cancelled at any
+    point; either way the process is killed before it returns. On the cold path the slice is also
+    released and the files removed by then; on the warm path that happens right after, in the
+    background, before the slice is armed again.
     """
 
     def __init__(
@@ -69,7 +69,9 @@ class Sandbox:
         warm_workers: int | None = 0,
         complete_logs: bool = True,
         binary_configs: bool = True,
+        outbound: OutboundBudget | None = None,
     ) -> None:
+        self._outbound = outbound if outbound is not None and outbound.active else None
         self._workerd_bin = workerd_bin
         self._complete_logs = complete_logs
         # Resolved once so that the secret's path relative to the config file is also its real path.
@@ -81,10 +83,12 @@ class Sandbox:
         if pool is None:
             log.warning(
                 "sandbox is UNCONFINED: workerd runs outside any cgroup slice, "
-                "without memory/cpu limits"
+                "without cgroup memory/cpu limits"
             )
         self.runs: collections.Counter[str] = collections.Counter()
         """Jobs that took each path ("warm", "cold") so far."""
+        self.preloaded_runs = 0
+        """Warm jobs whose code (and secret) had been pre-loaded in their process."""
         self._warm: WarmPool | None = None
         if pool is None and warm_workers != 0:
             log.info("no cgroup slices, so no warm slices: every job starts workerd cold")
@@ -97,7 +101,9 @@ class Sandbox:
                 runtime_path=self._runtime_path,
                 target=warm_workers,
                 configs=self._configs,
+                outbound=self._outbound,
             )
+        self._admission = Admission(pool, self._warm) if pool is not None else None
 
     @property
     def pool(self) -> SlicePool | None:
@@ -162,16 +168,14 @@ class Sandbox:
         label: str = "",
     ) -> JobOutcome:
         """Run ``code`` once with ``inputs`` as the request body, within ``deadline_ms``."""
-        job = f"job {label}" if label else "job"
+        name = f"job {label}" if label else "job"
         secret = self.secret_path(secret_id)
         # Read before a slot is taken: a warm job hands the bytes to the loader, a binary config
         # carries them.
         wanted = self._warm is not None or self._configs is not None
-        secret_bytes = _read_secret(job, secret) if wanted else None
-        slice_: Slice | None = None
-        files: JobFiles | None = None
-        proc: WorkerdProcess | None = None
-        worker: WarmWorker | None = None
+        job = Job(name, code, inputs, secret, _read_secret(name, secret) if wanted else None)
+        key = preload_key(code, secret_id, job.secret) if self._warm is not None else None
+        path: ExecutionPath | None = None
         extra_logs = ""
         if self._warm is not None:
             self._warm.job_started()
@@ -180,73 +184,30 @@ class Sandbox:
             timeout = asyncio.timeout(deadline_ms / 1000)
             try:
                 async with timeout:
-                    worker, slice_ = await self._take_slot()
-                    self.runs["warm" if worker is not None else "cold"] += 1
-                    if worker is not None:
-                        assert self._warm is not None
-                        proc = worker.proc
-                        frame = encode_frame(code, inputs, secret_bytes)
-                        verdict, body = await self._warm.request(worker, frame)
-                    else:
-                        listen = slice_.port if slice_ is not None else 0
-                        config: Path | bytes | None = None
-                        if self._configs is not None:
-                            config = self._configs.job(code, port=listen, secret=secret_bytes)
-                        if config is None:
-                            files = self._write_files(job, code, slice_, secret)
-                            config = files.config
-                        proc = await WorkerdProcess.spawn(
-                            self._workerd_bin,
-                            config,
-                            cwd=self._runtime_path,
-                            cgroup_procs=slice_.procs_file if slice_ is not None else None,
-                        )
-                        port = await proc.wait_listening()
-                        if port is None:
-                            await proc.wait()
-                            await asyncio.wait([proc.stderr.task])  # all of stderr, uncancelled
-                        else:
-                            body = await http1.post(port, inputs, limit=MAX_OUTPUT_BYTES + 1)
+                    path = await self._take_path(key)
+                    self.runs[path.name] += 1
+                    if isinstance(path, WarmPath) and path.preloaded:
+                        self.preloaded_runs += 1
+                    error_code, output, extra_logs = await path.run(job)
+                    if key is not None and error_code == ErrorCode.OK and self._warm is not None:
+                        # pre-loaded for its next job (see warm.WarmPool.remember)
+                        self._warm.remember(key, encode_frame(code, b"", job.secret))
             except TimeoutError:
                 if not timeout.expired():
                     raise
                 error_code, output, elapsed_ms = ErrorCode.DEADLINE_EXCEEDED, b"", deadline_ms
-            except http1.HttpError as e:
-                raise SandboxError(f"{job}: request to workerd failed: {e}") from e
-            except OSError as e:  # after TimeoutError and HttpError, which are OSErrors too
-                raise SandboxError(f"{job}: cannot start workerd: {e}") from e
             else:
                 elapsed_ms = min(deadline_ms, int((time.monotonic() - started) * 1000))
-                if worker is not None:
-                    error_code, output, extra_logs = _warm_outcome(job, verdict, body)
-                elif port is None:
-                    assert proc is not None
-                    if b"SyntaxError" not in proc.stderr.data:
-                        raise SandboxError(
-                            f"{job}: workerd exited with status {proc.returncode} before "
-                            f"listening: {proc.stderr_tail()}"
-                        )
-                    error_code, output = ErrorCode.SYNTAX_ERROR, b""
-                elif len(body) > MAX_OUTPUT_BYTES:
-                    error_code, output = ErrorCode.OUTPUT_TOO_LARGE, b""
-                else:
-                    error_code, output = ErrorCode.OK, body
         finally:
             try:
-                if worker is not None:
-                    await _run_to_completion(self._finish_warm(worker))
-                else:
-                    await _run_to_completion(self._clean_up(proc, slice_, files))
+                if path is not None:
+                    await _run_to_completion(path.finish())
             finally:
                 if self._warm is not None:
                     self._warm.job_finished()
-        log.debug(
-            "%s: error code %d in %d ms (%s)",
-            job,
-            error_code,
-            elapsed_ms,
-            "warm" if worker is not None else "cold",
-        )
+        where = path.name if path is not None else "no slot"
+        log.debug("%s: error code %d in %d ms (%s)", name, error_code, elapsed_ms, where)
+        proc = path.proc if path is not None else None
         return JobOutcome(
             output=output,
             error_code=error_code,
@@ -254,73 +215,27 @@ class Sandbox:
             logs=(proc.logs() if proc is not None else "") + extra_logs,
         )
 
-    async def _take_slot(self) -> tuple[WarmWorker | None, Slice | None]:
-        """A warm worker, else a free slice for a cold start, waiting while there is neither."""
-        if self._pool is None:
+    async def _take_path(self, key: bytes | None) -> ExecutionPath:
+        """The path of the next job: a warm worker's, else a cold start in a free slice."""
+        worker, slice_ = await self._take_slot(key)
+        if worker is not None:
+            assert self._warm is not None
+            return WarmPath(self._warm, worker, complete_logs=self._complete_logs)
+        return ColdPath(
+            workerd_bin=self._workerd_bin,
+            runtime_path=self._runtime_path,
+            configs=self._configs,
+            pool=self._pool,
+            slice_=slice_,
+            warm=self._warm,
+            outbound=self._outbound,
+        )
+
+    async def _take_slot(self, key: bytes | None) -> tuple[WarmWorker | None, Slice | None]:
+        """A warm worker, else a free slice for a cold start, queueing while there is neither."""
+        if self._admission is None:
             return None, None
-        warm = self._warm
-        if warm is None or not warm.active:
-            return None, await self._pool.acquire()
-        warm.waiting += 1
-        try:
-            while warm.active:
-                worker = warm.take()
-                if worker is not None:
-                    return worker, None
-                try:
-                    return None, self._pool.reserve()
-                except NoFreeSliceError:
-                    if self._pool.capacity == 0:
-                        raise
-                await warm.wait_changed(SLOT_POLL_S)
-        finally:
-            warm.waiting -= 1
-            if warm.waiting == 0:
-                warm.slice_freed()  # nobody waits: the keeper may arm again
-        return None, await self._pool.acquire()
-
-    async def _finish_warm(self, worker: WarmWorker) -> None:
-        """Kill the job's process (at once: it can run nothing more), then re-arm its slice in
-        the background; with ``complete_logs``, first read its output to the end."""
-        assert self._warm is not None
-        self._warm.kill(worker)
-        try:
-            if self._complete_logs:
-                await worker.proc.close()
-        finally:
-            self._warm.retire_later(worker)
-
-    def _write_files(
-        self, job: str, code: bytes, slice_: Slice | None, secret: Path | None
-    ) -> JobFiles:
-        try:
-            return JobFiles.write(
-                self._runtime_path,
-                code,
-                port=slice_.port if slice_ is not None else 0,
-                secret_path=secret,
-            )
-        except OSError as e:
-            raise SandboxError(f"{job}: cannot write its files: {e}") from e
-
-    async def _clean_up(
-        self, proc: WorkerdProcess | None, slice_: Slice | None, files: JobFiles | None
-    ) -> None:
-        try:
-            if proc is not None:
-                proc.kill()
-            if files is not None:
-                files.remove()
-            if proc is not None:
-                # Reaped before the slice is free again: an empty cgroup.procs does not prove
-                # that every thread has exited, and the next job in this slice needs its port.
-                await proc.close()
-        finally:
-            if slice_ is not None:
-                assert self._pool is not None
-                await self._pool.release(slice_)
-                if self._warm is not None:
-                    self._warm.slice_freed()
+        return await self._admission.take(key)
 
 
 def _read_secret(job: str, path: Path | None) -> bytes | None:
@@ -330,22 +245,6 @@ def _read_secret(job: str, path: Path | None) -> bytes | None:
         return path.read_bytes()
     except OSError as e:
         raise SandboxError(f"{job}: cannot read its secret {path}: {e.strerror}") from e
-
-
-def _warm_outcome(job: str, verdict: Verdict, body: bytes) -> tuple[ErrorCode, bytes, str]:
-    """The cold path's outcome for what the loader reported: (error code, output, extra logs)."""
-    if verdict is Verdict.RESPONDED:
-        if len(body) > MAX_OUTPUT_BYTES:
-            return ErrorCode.OUTPUT_TOO_LARGE, b"", ""
-        return ErrorCode.OK, body, ""
-    report = body.decode("utf-8", errors="replace")
-    if verdict is Verdict.EXCEPTION:  # cold: workerd answers 500 with this body
-        return ErrorCode.OK, COLD_500_BODY, ""
-    if verdict is Verdict.START_SYNTAX:  # cold: workerd exits before listening, SyntaxError
-        return ErrorCode.SYNTAX_ERROR, b"", report + "\n"
-    # cold: workerd exits before listening for another reason
-    tail = re.sub(r"[^\x20-\x7e]+", " ", report[-400:]).strip()
-    raise SandboxError(f"{job}: the code failed to start (before listening, cold): {tail}")
 
 
 async def _run_to_completion(cleanup: Coroutine[Any, Any, None]) -> None:
