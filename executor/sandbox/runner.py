@@ -69,6 +69,7 @@ class Sandbox:
         complete_logs: bool = True,
         binary_configs: bool = True,
     ) -> None:
+        workerd_bin = workerd_bin.absolute()  # workerd runs with the runtime folder as its cwd
         self._workerd_bin = workerd_bin
         self._complete_logs = complete_logs
         # Resolved once so that the secret's path relative to the config file is also its real path.
