@@ -156,7 +156,7 @@ class AdminClient:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         if self.scheme == "vsock":
             return aiohttp.ClientSession(
-                base_url=f"http://{self.host}:{self.port}",  # the Host header; vsock carries it
+                base_url="http://vsock",  # only the Host header: the connector picks the socket
                 connector=VsockConnector(int(self.host), self.port),
                 timeout=timeout,
             )
