@@ -143,7 +143,7 @@ class AdminClient:
         if not host or not port.isdigit() or not 0 < int(port) < 2**32:
             raise AdminClientError(f"--url needs a host/cid and a port, got {url!r}")
         if parts.scheme == "vsock" and not host.isdigit():
-            raise AdminClientError(f"vsock CID must be an integer, got {host!r}")
+            raise AdminClientError(f"--url: vsock CID must be an integer, got {host!r}")
         if parts.scheme == "http" and int(port) > 65535:
             raise AdminClientError(f"--url: TCP port out of range in {url!r}")
         self.url = url
