@@ -300,3 +300,34 @@ async def test_relative_paths_resolve_against_the_config_file(
     lines = out.decode().splitlines()
     for name in ("key file", "workerd ", "folders", "canary cold"):
         assert all(line.startswith("ok") for line in verdict(lines, name)), "\n".join(lines)
+
+
+SLOT = "360894a13ba1a3210667c828492db98dca3e2076cc3735a920a3ca505d382bbc"
+ERC1967_FORWARDER = bytes.fromhex(
+    "365f5f37"  # calldatacopy(0, 0, calldatasize)
+    "5f5f365f"  # delegatecall(gas, sload(SLOT), 0, calldatasize, 0, 0)
+    "7f" + SLOT + "545af4"
+    "3d5f5f3e"  # returndatacopy(0, 0, returndatasize)
+    "603657"  # success? jump to 0x36
+    "3d5ffd"  # revert(0, returndatasize)
+    "5b3d5ff3"  # 0x36: return(0, returndatasize)
+)
+"""The runtime code of a minimal ERC-1967 proxy (the production contracts are UUPS proxies)."""
+
+
+async def test_contracts_behind_an_erc1967_proxy_are_recognised(
+    files: NodeFiles, slices: Path, w3: Any
+) -> None:
+    proxy = "0x" + "ab" * 20
+    implementation = files.settings.jobs_contract_addr
+    await w3.provider.make_request("anvil_setCode", [proxy, "0x" + ERC1967_FORWARDER.hex()])
+    await w3.provider.make_request(
+        "anvil_setStorageAt", [proxy, "0x" + SLOT, "0x" + implementation[2:].lower().rjust(64, "0")]
+    )
+    config = rewrite(files, jobs_contract_addr=proxy)
+    _, lines = await doctor(config, "--cgroup-parent", str(slices), "--no-canary")
+    contracts = verdict(lines, "contract")
+    assert all(line.startswith("ok") for line in contracts), "\n".join(lines)
+    assert f"(proxy of {implementation.lower()}): a jobs" in contracts[1].lower()
+    # the parameters are read through the proxy (a delegatecall runs the implementation's code)
+    assert "EXECUTION_BUFFER_TIME" in contracts[3] and contracts[3].startswith("ok")
