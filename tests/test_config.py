@@ -283,5 +283,5 @@ def test_relative_paths_from_the_environment_resolve_against_the_cwd(
 
 @pytest.mark.parametrize("value", ["", "  ", "a\x00b"])
 def test_empty_or_nul_paths_are_refused(value: str) -> None:
-    with pytest.raises(ConfigError, match="workerd_runtime_path.*non-empty path"):
+    with pytest.raises(ConfigError, match=r"workerd_runtime_path.*non-empty path"):
         Settings.from_mapping(with_(workerd_runtime_path=value))
