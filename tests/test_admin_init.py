@@ -159,3 +159,29 @@ async def test_malformed_urls_are_refused_before_anything() -> None:
     for url in ("vsock://x:1/", "http://127.0.0.1:99999/", "ftp://a:1/", "http://nohost/"):
         with pytest.raises(AdminClientError, match="--url"):
             AdminClient(url)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 abc OK\r\n\r\n",  # a status that is no number
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}",  # a length that is no number
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a bad chunk size
+        b"garbage\r\n\r\n",
+    ],
+)
+async def test_a_malformed_reply_is_an_error_not_a_traceback(reply: bytes) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(AdminClientError, match="talking to the executor at .* failed"):
+            await AdminClient(f"http://127.0.0.1:{port}/", timeout_s=5).request("GET", "/")
+    finally:
+        server.close()
+        await server.wait_closed()
