@@ -25,6 +25,7 @@ from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
+from executor import redact
 from executor.canary import Executes, run_canary
 from executor.chain.jobs_contract import SUBMIT_OUTPUT_GAS_BASE
 from executor.errors import SandboxError
@@ -192,7 +193,7 @@ class NodeHealth:
         return found
 
     def report(self) -> dict[str, Any]:
-        reasons = self.reasons()
+        reasons = {part: redact.redact(why) for part, why in self.reasons().items()}
         return {
             "healthy": not reasons,
             "reasons": reasons,
@@ -208,7 +209,8 @@ class NodeHealth:
 
     async def watch(self, *, canary_at_start: bool = True) -> None:
         """Sample the chain every second, read the gas balance every :data:`GAS_POLL_S`, run a
-        canary at start and whenever jobs keep failing in the sandbox. Runs until cancelled."""
+        canary at start, whenever jobs keep failing in the sandbox and, while the last canary
+        failed, every :data:`CANARY_MIN_INTERVAL_S`. Runs until cancelled."""
         if canary_at_start and self.sandbox is not None:
             await self.sandbox.canary(force=True)
         self._next_gas = 0.0
@@ -229,8 +231,8 @@ class NodeHealth:
             # a failed read is retried sooner: the grace period counts from the first one
             pause = self._gas_poll_s if read else min(5.0, self._gas_poll_s)
             self._next_gas = self._clock() + pause
-        if self.sandbox is not None and self.sandbox.suspect:
-            await self.sandbox.canary()
+        if self.sandbox is not None and (self.sandbox.suspect or self.sandbox.broken):
+            await self.sandbox.canary()  # while broken, retried: the node heals by itself
 
     def sample_stream(self) -> None:
         stream = self._stream()
@@ -256,7 +258,7 @@ class NodeHealth:
         except (Web3Exception, OSError, TimeoutError, ValueError) as e:
             if self._rpc_down_since is None:
                 self._rpc_down_since = self._clock()
-            self._rpc_error = f"{type(e).__name__}: {e}"[:200]
+            self._rpc_error = redact.redact(f"{type(e).__name__}: {e}")[:200]
             return False
         self._rpc_down_since = None
         return True
