@@ -275,7 +275,7 @@ class Settings(BaseSettings):
 
 
 def _is_path(value: Any) -> bool:
-    return isinstance(value, str) and value != "" and "\x00" not in value
+    return isinstance(value, str) and value.strip() != "" and "\x00" not in value
 
 
 def env_var(key: str) -> str:

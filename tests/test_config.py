@@ -285,3 +285,10 @@ def test_relative_paths_from_the_environment_resolve_against_the_cwd(
 def test_empty_or_nul_paths_are_refused(value: str) -> None:
     with pytest.raises(ConfigError, match=r"workerd_runtime_path.*non-empty path"):
         Settings.from_mapping(with_(workerd_runtime_path=value))
+
+
+def test_a_blank_path_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(with_(secret_store_path="  ")))
+    with pytest.raises(ConfigError, match=r"secret_store_path.*non-empty path"):
+        Settings.load(path)
