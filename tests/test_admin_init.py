@@ -180,7 +180,7 @@ async def test_a_malformed_reply_is_an_error_not_a_traceback(reply: bytes) -> No
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        with pytest.raises(AdminClientError, match="talking to the executor at .* failed"):
+        with pytest.raises(AdminClientError, match=r"talking to the executor at .* failed"):
             await AdminClient(f"http://127.0.0.1:{port}/", timeout_s=5).request("GET", "/")
     finally:
         server.close()

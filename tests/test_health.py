@@ -211,7 +211,9 @@ async def test_running_jobs_are_listed_and_counted(
         await wait_registered(daemon)
         assert (await client.get_json("/jobs")) == {"jobs": []}
         codehash = await devnet.save_code(USER, CODE_SLOW)
-        job_id = await devnet.create_job(USER, codehash=codehash, code_inputs=b"", deadline_ms=15000)
+        job_id = await devnet.create_job(
+            USER, codehash=codehash, code_inputs=b"", deadline_ms=15000
+        )
 
         async def listed() -> list[dict[str, Any]]:
             return list((await client.get_json("/jobs"))["jobs"])
