@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from executor import logs, redact
+from executor import __version__, logs, redact
 from executor.errors import ExecutorError
 
 COMMAND_MODULES = (
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oyster-executor",
         description="Oyster serverless executor: runs on-chain JavaScript jobs in workerd.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
         default="INFO",

@@ -8,6 +8,11 @@ single URL or a path as plain text. Precedence: environment > file > defaults. O
 that prefix naming a config key are read; others (``OYSTER_EXECUTOR_GAS_KEY`` of ``admin init``)
 are ignored.
 
+Relative paths (``workerd_runtime_path``, ``secret_store_path``, ``enclave_signer_file``) are
+resolved once, at load: those in the file against the file's folder, those given by the
+environment (or by a mapping without a file) against the working directory. Every path a
+``Settings`` holds is absolute, so the daemon works from any working directory.
+
 Validation happens once, at start-up, and every error names the key and the reason (and the
 environment variable when the value came from one). Building ``Settings`` does no I/O beyond
 reading the JSON file; keys and cgroups are loaded by the parts that own them.
@@ -102,6 +107,14 @@ _JSON_VALUED = frozenset(
 )
 """Keys whose environment value is read as JSON (numbers and null); URL keys take JSON lists."""
 _URL_LISTS = frozenset({"http_rpc_url", "web_socket_url"})
+PATH_KEYS = ("workerd_runtime_path", "secret_store_path", "enclave_signer_file")
+"""Keys holding paths: relative ones are resolved at load (see the module docstring)."""
+
+
+def absolute_path(path: Path, base: Path | None = None) -> Path:
+    """``path`` made absolute against ``base`` (default: the working directory), ``..`` folded;
+    symlinks are kept (the runtime folder's ``workerd`` is often one)."""
+    return Path(os.path.normpath(Path(base or Path.cwd()) / path.expanduser()))
 
 
 class _EnvSource(EnvSettingsSource):
@@ -201,6 +214,20 @@ class Settings(BaseSettings):
             return value
         raise ValueError(f"must be an integer, got {type(value).__name__} {value!r}")
 
+    @field_validator(*PATH_KEYS, mode="before")
+    @classmethod
+    def _path_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and (not value.strip() or "\x00" in value):
+            raise ValueError("must be a non-empty path")
+        return value
+
+    @field_validator(*PATH_KEYS, mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Paths from the file arrive already resolved against its folder (load); what is left
+        # relative came from the environment or a mapping: the working directory is its base.
+        return absolute_path(value)
+
     @property
     def workerd_binary(self) -> Path:
         return self.workerd_runtime_path / "workerd"
@@ -224,9 +251,16 @@ class Settings(BaseSettings):
         return ws_url_with_key(self.web_socket_urls[0], api_key)
 
     @classmethod
-    def from_mapping(cls, data: Any) -> Settings:
+    def from_mapping(cls, data: Any, *, base: Path | None = None) -> Settings:
+        """Settings from ``data`` (the file's JSON object); relative paths in it are resolved
+        against ``base`` (the config file's folder) or, without one, the working directory."""
         if not isinstance(data, dict):
             raise ConfigError("(root)", f"must be a JSON object, got {type(data).__name__}")
+        if base is not None:
+            data = {
+                k: str(absolute_path(Path(v), base)) if k in PATH_KEYS and _is_path(v) else v
+                for k, v in data.items()
+            }
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             logger.warning("config: ignoring unknown keys %s", ", ".join(unknown))
@@ -251,7 +285,11 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "(file)", f"{path} is not valid JSON: {e.msg} at line {e.lineno}"
             ) from e
-        return cls.from_mapping(data)
+        return cls.from_mapping(data, base=absolute_path(path).parent)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != "" and "\x00" not in value
 
 
 def env_var(key: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from pathlib import Path
@@ -17,7 +18,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from executor import redact
+from executor import __version__, redact
 from executor.admin.app import build_admin_app
 from executor.admin.secret_store import SecretStoreClient
 from executor.admin.sites import ListenAddress, VsockSite, parse_tcp_addr
@@ -25,6 +26,7 @@ from executor.chain.rpc import RpcEndpoints
 from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
+from executor.health import CHAIN_GRACE_S, NodeHealth, PartsDown, SandboxWatch, no_parts_down
 from executor.metrics import Metrics, metrics_app
 from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
@@ -45,8 +47,18 @@ class Daemon:
         unconfined: bool = False,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         metrics_addr: str | None = None,
+        parts_down: PartsDown = no_parts_down,
+        startup_canary: bool = False,
+        chain_grace_s: float = CHAIN_GRACE_S,
     ) -> None:
+        """``parts_down`` feeds the health (part name -> reason, e.g. a supervisor's);
+        ``startup_canary`` runs a known-good job at start-up (``serve`` does) so that the health
+        knows at once whether the sandbox works."""
         self.settings = settings
+        self._parts_down = parts_down
+        self._startup_canary = startup_canary
+        self._chain_grace_s = chain_grace_s
+        self.health: NodeHealth | None = None
         self.metrics = Metrics()
         self.supervisor = Supervisor(metrics=self.metrics)
         """Every long-lived part of the daemon runs under it (``parts_down()``: the health)."""
@@ -89,7 +101,18 @@ class Daemon:
 
         if not s.workerd_binary.is_file():
             raise ConfigError("workerd_runtime_path", f"no workerd binary at {s.workerd_binary}")
-        s.workerd_runtime_path.mkdir(parents=True, exist_ok=True)
+        try:
+            s.workerd_runtime_path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                "workerd_runtime_path", f"cannot create {s.workerd_runtime_path}: {e.strerror}"
+            ) from e
+        if not s.secret_store_path.is_dir():
+            raise ConfigError(
+                "secret_store_path",
+                f"{s.secret_store_path} is not a folder (create it: mkdir -p "
+                f"{s.secret_store_path}); jobs with a secret would fail",
+            )
         if self._unconfined:
             pool = None
             job_capacity = 1
@@ -128,12 +151,13 @@ class Daemon:
         if store is None:
             logger.info("no secret_store_config_port: running without a secret store")
 
+        sandbox_watch = SandboxWatch(sandbox)
         service = ExecutorService(
             settings=s,
             key=key,
             w3=rpc.w3,
             clients=rpc.clients,
-            execute=sandbox.execute,
+            execute=sandbox_watch.execute,
             job_capacity=job_capacity,
             secret_store=store,
             metrics=self.metrics,
@@ -142,6 +166,7 @@ class Daemon:
         self.metrics.watch_node_state(lambda: service.status.value)
         self.service = service
         self._stack.push_async_callback(service.close, self._grace_s, self.force_stop)
+        self._watch_health(service, sandbox, sandbox_watch, rpc)
 
         runner = web.AppRunner(build_admin_app(service), access_log=None, handle_signals=False)
         await runner.setup()
@@ -159,11 +184,42 @@ class Daemon:
         except OSError as e:
             raise ExecutorError(
                 f"cannot serve the admin API on {self.listen}: {e.strerror or e}"
+                + _bind_hint(self.listen, e)
             ) from e
         self.admin_url = _site_url(runner, self.listen)
         logger.info("admin API listening on %s", self.admin_url)
         if self._metrics_addr:
             await self._serve_metrics(self._metrics_addr)
+
+    def _watch_health(
+        self, service: ExecutorService, sandbox: Sandbox, watch: SandboxWatch, rpc: RpcEndpoints
+    ) -> None:
+        health = NodeHealth(
+            version=__version__,
+            stream=service.stream_health,
+            sandbox=watch,
+            warm=lambda: sandbox.warm,
+            w3=rpc.w3,
+            gas_address=lambda: service.gas_account.address if service.gas_account else None,
+            parts_down=self._parts_down,
+            chain_grace_s=self._chain_grace_s,
+        )
+        self.health = health
+        service.node_health = health
+        self.metrics.watch_health(
+            version=__version__,
+            healthy=lambda: not health.reasons(),
+            gas_balance_wei=lambda: health.gas.balance_wei,
+            jobs_in_flight=lambda: len(service.executions),
+        )
+        task = asyncio.ensure_future(health.watch(canary_at_start=self._startup_canary))
+        task.set_name("health")
+
+        async def stop() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self._stack.push_async_callback(stop)  # before the sandbox closes
 
     async def _serve_metrics(self, addr: str) -> None:
         try:
@@ -207,6 +263,28 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+def _bind_hint(listen: ListenAddress, e: OSError) -> str:
+    """What is missing when the admin socket cannot bind (the error alone does not say)."""
+    if listen.kind != "vsock":
+        if e.errno == errno.EADDRINUSE:
+            return " (another process listens there: pick another --tcp-addr port)"
+        return ""
+    if e.errno == errno.EADDRNOTAVAIL:
+        return (
+            f" (no vsock device has CID {listen.host} here: inside a Nitro enclave use the CID "
+            "the enclave was started with or -1 for any; on a host without vsock use --tcp-addr "
+            "for development)"
+        )
+    if e.errno in (errno.EAFNOSUPPORT, errno.ENODEV, errno.ENOENT):
+        return (
+            " (this kernel has no vsock support: run in a Nitro enclave, or load the "
+            "vsock_loopback / vhost_vsock module, or use --tcp-addr for development)"
+        )
+    if e.errno == errno.EADDRINUSE:
+        return f" (port {listen.port} is taken: stop the other executor or pick another port)"
+    return ""
 
 
 def _site_url(runner: web.AppRunner, listen: ListenAddress) -> str:

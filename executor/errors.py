@@ -82,3 +82,16 @@ class TxHashMismatch(RawTxError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"bytes hash to 0x{actual}, not to the requested 0x{expected}")
+
+
+class AdminClientError(ExecutorError):
+    """The admin client could not do what it was asked (bad input, executor unreachable, ...)."""
+
+
+class AdminRefused(AdminClientError):
+    """The executor answered an admin request with a non-200 status."""
+
+    def __init__(self, method: str, path: str, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{method} {path} -> {status}: {reason}")

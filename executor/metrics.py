@@ -18,6 +18,9 @@ Names and labels (docs/operator.md "Monitoring"):
 - ``oyster_executor_node_state{state}``: 1 for the node's current state, 0 for the others;
 - ``oyster_executor_part_up{part}``: 1 while a supervised part is up (``executor.supervisor``);
 - ``oyster_executor_part_failures_total{part}``, ``oyster_executor_part_restarts_total{part}``.
+- ``oyster_executor_info{version}`` (always 1), ``oyster_executor_healthy`` (1 or 0, what
+  ``GET /health`` says), ``oyster_executor_gas_balance_wei`` (the gas account's last read balance),
+  ``oyster_executor_jobs_in_flight`` (executions running now).
 """
 
 from __future__ import annotations
@@ -155,6 +158,19 @@ class Metrics:
     def watch_node_state(self, state: Callable[[], str]) -> None:
         self._state.node_state = state
 
+    def watch_health(
+        self,
+        *,
+        version: str,
+        healthy: Callable[[], bool],
+        gas_balance_wei: Callable[[], int | None],
+        jobs_in_flight: Callable[[], int],
+    ) -> None:
+        self._state.version = version
+        self._state.healthy = healthy
+        self._state.gas_balance_wei = gas_balance_wei
+        self._state.jobs_in_flight = jobs_in_flight
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -164,6 +180,10 @@ class _StateCollector(Collector):
         self.slices: SliceCounts | None = None
         self.node_state: Callable[[], str] | None = None
         self.parts: PartStates | None = None
+        self.version: str | None = None
+        self.healthy: Callable[[], bool] | None = None
+        self.gas_balance_wei: Callable[[], int | None] | None = None
+        self.jobs_in_flight: Callable[[], int] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -200,6 +220,32 @@ class _StateCollector(Collector):
             for name, part in self.parts.parts().items():
                 up.add_metric([name], 1.0 if part.get("up") else 0.0)
         yield up
+        if self.version is not None:
+            info = GaugeMetricFamily(
+                f"{PREFIX}_info", "The executor's version (always 1)", labels=["version"]
+            )
+            info.add_metric([self.version], 1.0)
+            yield info
+        if self.healthy is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_healthy",
+                "1 when the node can serve (GET /health answers 200), 0 otherwise",
+                value=1.0 if self.healthy() else 0.0,
+            )
+        if self.gas_balance_wei is not None:
+            balance = self.gas_balance_wei()
+            if balance is not None:
+                yield GaugeMetricFamily(
+                    f"{PREFIX}_gas_balance_wei",
+                    "The executor gas account's balance when last read",
+                    value=float(balance),
+                )
+        if self.jobs_in_flight is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_jobs_in_flight",
+                "Job executions running now",
+                value=float(self.jobs_in_flight()),
+            )
 
 
 NO_METRICS = Metrics()

@@ -173,6 +173,8 @@ class TimeoutWatch:
 class _Tracked:
     job: JobCreated
     task: asyncio.Task[Any] | None = None
+    started: float = 0.0
+    """``time.monotonic()`` when its execution started."""
 
 
 @dataclass
@@ -235,6 +237,22 @@ class ChainFollower:
             "answered": len(self._answered),
             "timers": len(self._watch.running),
         }
+
+    def executing(self) -> list[dict[str, Any]]:
+        """The jobs this node is executing now (admin ``GET /jobs``), oldest first."""
+        now = time.monotonic()
+        return [
+            {
+                "job_id": t.job.job_id,
+                "tx_hash": t.job.position.tx_hash,
+                "block_number": t.job.position.block_number,
+                "deadline_ms": t.job.deadline_ms,
+                "secret_id": t.job.secret_id,
+                "running_s": round(now - t.started, 3),
+            }
+            for t in self._jobs.values()
+            if t.task is not None and not t.task.done()
+        ]
 
     async def follow(self, events: AsyncGenerator[StreamItem, None]) -> None:
         """Consume ``events`` until the node is deregistered (or the task is cancelled)."""
@@ -420,6 +438,7 @@ class ChainFollower:
             )
             return
         logger.info("job %d: selected (tx %s); executing", event.job_id, event.position.tx_hash)
+        tracked.started = time.monotonic()
         tracked.task = self._tasks.spawn(self._run_job(event), name=f"job-{event.job_id}")
 
     def job_owner(self, job_id: int) -> str | None:

@@ -30,13 +30,14 @@ from executor.chain.events import (
     TeeNodeRegistered,
     TeeNodeRevived,
 )
-from executor.chain.listener import LogStream
+from executor.chain.listener import LogStream, StreamHealth
 from executor.chain.requirements import min_storage_capacity
 from executor.chain.resume import JOB_LOOKBACK_BLOCKS, read_node_record
 from executor.chain.signer import EnclaveKey
 from executor.chain.txs import TxManager
 from executor.config import Settings
 from executor.errors import ChainError
+from executor.health import NodeHealth
 from executor.jobs import ExecuteFn, JobContext, JobRunner, Slasher
 from executor.metrics import NO_METRICS, Metrics
 from executor.node import ChainFollower, NodeStatus, TimeoutWatch
@@ -69,6 +70,9 @@ class ExecutorService:
         self.secret_store = secret_store
         self.owner: str | None = None
         self.gas_account: LocalAccount | None = None
+        self.node_health: NodeHealth | None = None
+        """What ``GET /health`` reports (the daemon sets it; without one the node reports
+        itself healthy)."""
         self._ws_api_key = ""
         self._w3 = w3
         self._clients = tuple(clients) or (w3,)
@@ -265,7 +269,31 @@ class ExecutorService:
             "running_jobs": len(self.watch.running),
             "executions": len(self.executions),
             "parts": self.supervisor.parts(),
+            "secret_store": self.secret_store is not None,
+            "version": self.node_health.version if self.node_health else None,
         }
+
+    def stream_health(self) -> StreamHealth | None:
+        """The event stream's health, once the node follows the chain."""
+        return self._stream.health if self._stream is not None else None
+
+    def health_report(self) -> dict[str, Any]:
+        """``GET /health``: ``healthy`` false (503) with ``reasons`` when the node cannot serve."""
+        report = (
+            self.node_health.report()
+            if self.node_health is not None
+            else {"healthy": True, "reasons": {}}
+        )
+        return {
+            **report,
+            "status": self.status.value,
+            "jobs_in_flight": len(self.executions),
+            "chain": self._stream.health.as_dict() if self._stream is not None else None,
+        }
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """``GET /jobs``: the jobs being executed now."""
+        return self.follower.executing()
 
     # --- shutdown --------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ def with_(**changes: Any) -> dict[str, Any]:
 def test_valid_config_loads_and_checksums_addresses() -> None:
     s = Settings.from_mapping(VALID)
     assert s.jobs_contract_addr == "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
-    assert s.workerd_binary == Path("runtime/workerd")
+    assert s.workerd_binary == Path.cwd() / "runtime/workerd"  # a mapping: against the cwd
     assert s.secret_store_config_port == 6002
 
 
@@ -257,3 +257,41 @@ def test_example_config_loads_with_environment_overrides(monkeypatch: pytest.Mon
     monkeypatch.setenv("OYSTER_EXECUTOR_COMMON_CHAIN_ID", "421614")
     example = Path(__file__).parents[1] / "config.example.json"
     assert Settings.load(example).common_chain_id == 421614
+
+
+def test_relative_paths_resolve_against_the_config_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "node"
+    folder.mkdir()
+    path = folder / "config.json"
+    path.write_text(json.dumps(VALID))  # ./runtime/, ../store, relative key file
+    monkeypatch.chdir(tmp_path.anchor)
+    s = Settings.load(path)
+    assert s.workerd_runtime_path == folder / "runtime"
+    assert s.workerd_binary == folder / "runtime" / "workerd"
+    assert s.secret_store_path == tmp_path / "store"  # ".." folded
+    assert s.enclave_signer_file == folder / "id.sec"
+
+
+def test_relative_paths_from_the_environment_resolve_against_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(VALID))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OYSTER_EXECUTOR_WORKERD_RUNTIME_PATH", "here/rt")
+    assert Settings.load(path).workerd_runtime_path == tmp_path / "here" / "rt"
+
+
+@pytest.mark.parametrize("value", ["", "  ", "a\x00b"])
+def test_empty_or_nul_paths_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"workerd_runtime_path.*non-empty path"):
+        Settings.from_mapping(with_(workerd_runtime_path=value))
+
+
+def test_a_blank_path_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(with_(secret_store_path="  ")))
+    with pytest.raises(ConfigError, match=r"secret_store_path.*non-empty path"):
+        Settings.load(path)

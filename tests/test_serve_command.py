@@ -56,6 +56,19 @@ async def test_listen_address_is_required_and_exclusive(tmp_path: Path) -> None:
         ),
         (lambda c: c.update(enclave_signer_file="/nonexistent/id.sec"), "key file /nonexistent"),
         (lambda c: c.update(workerd_runtime_path="/nonexistent"), "no workerd binary"),
+        # the mistakes of issue 19: a key path naming a folder, a missing store, an empty path
+        (
+            lambda c: c.update(enclave_signer_file=c["secret_store_path"]),
+            "is a folder; enclave_signer_file must name the key file itself",
+        ),
+        (
+            lambda c: c.update(secret_store_path="/nonexistent/store"),
+            "config key 'secret_store_path': /nonexistent/store is not a folder (create it",
+        ),
+        (
+            lambda c: c.update(workerd_runtime_path=""),
+            "config key 'workerd_runtime_path': must be a non-empty path",
+        ),
     ],
 )
 async def test_startup_errors_are_one_clear_line(

@@ -50,6 +50,12 @@ class AdminBackend(Protocol):
     def health(self) -> dict[str, Any]:
         """Node status and chain stream health (a small JSON object)."""
 
+    def health_report(self) -> dict[str, Any]:
+        """Whether the node can serve: ``healthy``, ``reasons`` (part -> why) and details."""
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """The jobs being executed now."""
+
 
 BACKEND = web.AppKey("backend", AdminBackend)
 
@@ -58,6 +64,8 @@ def build_admin_app(backend: AdminBackend) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
     app[BACKEND] = backend
     app.router.add_get("/", _index)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/jobs", _jobs)
     app.router.add_post("/immutable-config", _immutable_config)
     app.router.add_post("/mutable-config", _mutable_config)
     app.router.add_get("/tee-details", _tee_details)
@@ -87,6 +95,16 @@ async def _index(request: web.Request) -> web.Response:
     # Always 200 (operator tooling checks the status only); the body tells a human how the
     # chain stream is doing.
     return web.json_response(request.app[BACKEND].health())
+
+
+async def _health(request: web.Request) -> web.Response:
+    # 503 with the reasons when the node cannot serve (executor.health); the index stays 200.
+    report = request.app[BACKEND].health_report()
+    return web.json_response(report, status=200 if report.get("healthy") else 503)
+
+
+async def _jobs(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": request.app[BACKEND].running_jobs()})
 
 
 async def _read_body(request: web.Request) -> bytes:

@@ -107,10 +107,14 @@ class EnclaveKey:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise KeyFileError(path, f"cannot read: {e.strerror or e}") from e
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise KeyFileError(
+                path, f"is {what}; enclave_signer_file must name the key file itself"
+            )
         with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyFileError(path, "is not a regular file")
             mode = stat.S_IMODE(info.st_mode)
             if mode & 0o077:
                 raise KeyFileError(

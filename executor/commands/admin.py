@@ -1,8 +1,12 @@
 """``oyster-executor admin``: the operator's client of the admin API.
 
-``admin init`` takes the same flags as the original executor's vsock client: it waits until the
-executor answers, injects both configs and prints the tee details and the signed registration
+``admin init`` takes the same flags as the original executor's vsock client. It checks every input
+first (a typo sends nothing), waits until the executor answers, sets the owner if the node has none
+(a node owned by the same address goes on with the key rotation; one owned by another address is
+refused), sets the gas keys and ws API key, and prints the tee details and the signed registration
 message as JSON (ready for the registration transaction).
+
+``admin status`` prints ``GET /health`` and ``GET /jobs`` and exits 1 when the node cannot serve.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from executor.admin.client import AdminClient
+from executor.admin.client import AdminClient, AdminRefused
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _url(message)
     message.set_defaults(handler=_get("/signed-registration-message"))
 
+    status = commands.add_parser(
+        "status",
+        help="print the node's health (GET /health) and running jobs (GET /jobs); "
+        "exit 1 when it cannot serve",
+    )
+    _url(status)
+    status.set_defaults(handler=_status)
+
 
 def _url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -64,7 +76,11 @@ def _print(value: Any) -> None:
 
 def _init(args: argparse.Namespace) -> int:
     if not args.executor_gas_key:
-        print("admin init: --executor-gas-key is required", file=sys.stderr)
+        print(
+            "admin init: --executor-gas-key (or OYSTER_EXECUTOR_GAS_KEY) is required; "
+            "nothing was sent",
+            file=sys.stderr,
+        )
         return 2
     client = AdminClient(args.url, timeout_s=args.timeout)
     result = asyncio.run(
@@ -77,6 +93,21 @@ def _init(args: argparse.Namespace) -> int:
     )
     _print(result)
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    client = AdminClient(args.url, timeout_s=args.timeout)
+
+    async def fetch() -> tuple[int, Any, Any]:
+        await client.wait_until_up(args.timeout)
+        health = await client.request("GET", "/health")
+        if health.status not in (200, 503):
+            raise AdminRefused("GET", "/health", health.status, health.text.strip())
+        return health.status, health.json(), await client.get_json("/jobs")
+
+    status, health, jobs = asyncio.run(fetch())
+    _print({"health": health, **(jobs if isinstance(jobs, dict) else {"jobs": jobs})})
+    return 0 if status == 200 else 1
 
 
 def _get(path: str) -> Any:

@@ -16,7 +16,8 @@ from executor.commands.common import add_node_options
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "doctor",
-        help="check config, key, workerd, cgroups, chain endpoints, contracts, secret store, vsock",
+        help="check config, key, workerd, cgroups, a canary job, chain endpoints, contracts, "
+        "secret store, vsock",
         description=__doc__,
     )
     add_node_options(parser)
@@ -24,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ws-api-key",
         default=os.environ.get("OYSTER_WS_API_KEY", ""),
         help="websocket API key to test the ws endpoints with (or env OYSTER_WS_API_KEY)",
+    )
+    parser.add_argument(
+        "--no-canary",
+        action="store_true",
+        help="skip the canary job (a known-good job run through the sandbox, warm and cold)",
     )
     parser.set_defaults(handler=run)
 
@@ -33,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from executor.doctor import DoctorOptions, exit_status, run_checks
 
     redact.register_secret(args.ws_api_key)
-    options = DoctorOptions(args.config_file, args.cgroup_parent, args.ws_api_key)
+    options = DoctorOptions(
+        args.config_file, args.cgroup_parent, args.ws_api_key, canary=not args.no_canary
+    )
     checks = asyncio.run(run_checks(options))
     for check in checks:
         print(redact.redact(check.line()), flush=True)

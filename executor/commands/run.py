@@ -25,7 +25,7 @@ EXIT_CODE_OFFSET = 10
 SECRET_ID = 1  # the id under which --secret-file is offered to the code, as env.secret
 
 EPILOG = f"""\
-The code is confined to a free cgroup slice (run `sudo ./cgroup_setup.sh` once to create them)
+The code is confined to a free cgroup slice (run `./cgroup_setup.sh` once, as root, to create them)
 and receives the input as the body of a POST request; the output is the response body. With
 --secret-file, the file's bytes are the `secret` binding (env.secret, an ArrayBuffer).
 

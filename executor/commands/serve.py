@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         unconfined=args.unconfined_dev,
         shutdown_grace_s=args.shutdown_grace,
         metrics_addr=args.metrics_addr,
+        startup_canary=True,  # the health knows at once whether a job would run
     )
     asyncio.run(daemon.serve_until_signalled())
     return 0

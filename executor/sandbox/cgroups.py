@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SLICE_PREFIX = "workerd_"
 KILL_TIMEOUT_S = 2.0
-SETUP_HINT = "run `sudo ./cgroup_setup.sh` (see --help) to create them"
+SETUP_HINT = "run ./cgroup_setup.sh as root (see --help) to create them"
 
 _SLICE_NAME = re.compile(rf"^{SLICE_PREFIX}([1-9][0-9]*)$")
 _MOUNTINFO = Path("/proc/self/mountinfo")

@@ -72,6 +72,7 @@ class Sandbox:
         outbound: OutboundBudget | None = None,
     ) -> None:
         self._outbound = outbound if outbound is not None and outbound.active else None
+        workerd_bin = workerd_bin.absolute()  # workerd runs with the runtime folder as its cwd
         self._workerd_bin = workerd_bin
         self._complete_logs = complete_logs
         # Resolved once so that the secret's path relative to the config file is also its real path.
