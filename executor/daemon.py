@@ -201,7 +201,7 @@ class Daemon:
             warm=lambda: sandbox.warm,
             w3=rpc.w3,
             gas_address=lambda: service.gas_account.address if service.gas_account else None,
-            parts_down=self._parts_down,
+            parts_down=lambda: {**self.supervisor.parts_down(), **self._parts_down()},
             chain_grace_s=self._chain_grace_s,
         )
         self.health = health
@@ -212,8 +212,9 @@ class Daemon:
             gas_balance_wei=lambda: health.gas.balance_wei,
             jobs_in_flight=lambda: len(service.executions),
         )
-        task = asyncio.ensure_future(health.watch(canary_at_start=self._startup_canary))
-        task.set_name("health")
+        task = self.supervisor.run(
+            "health", lambda: health.watch(canary_at_start=self._startup_canary)
+        )
 
         async def stop() -> None:
             task.cancel()
