@@ -5,6 +5,8 @@
 // Writes, with stable formatting so that a rebuild gives no diff:
 //   contracts/abi/<Name>.json            the ABI of interfaces/I<Name>.sol: what the executor uses
 //   contracts/devnet/build/<Name>.json   {"abi": [...], "bytecode": "0x..."} of devnet/<Name>.sol
+//   contracts/abi/<Name>.json            also the ABI of each interfaces/I<Name>.sol in OWNER_ABIS:
+//                                        what `oyster-executor owner` sends the owner's calls with
 // Any compiler error or warning fails the build.
 
 import { mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync } from "node:fs";
@@ -15,6 +17,7 @@ import solc from "solc";
 const CONTRACTS = dirname(fileURLToPath(import.meta.url));
 const SOURCE_DIRS = ["interfaces", "devnet"];
 const CONTRACT_NAMES = ["Jobs", "TeeManager", "UserCode"];
+const OWNER_ABIS = ["OysterTeeManager", "DevnetTeeManager", "StakingToken"];
 
 function readSources() {
   const sources = {};
@@ -83,8 +86,14 @@ function main() {
       if (writeJson(path, value)) written.push(path);
     }
   }
+  for (const name of OWNER_ABIS) {
+    const iface = contractOutput(contracts, `interfaces/I${name}.sol`, `I${name}`);
+    if (writeJson(join(CONTRACTS, "abi", `${name}.json`), iface.abi)) {
+      written.push(join(CONTRACTS, "abi", `${name}.json`));
+    }
+  }
   const summary = written.length ? `updated ${written.length} file(s)` : "no changes";
-  process.stdout.write(`solc ${solc.version()}: compiled ${CONTRACT_NAMES.join(", ")}; ${summary}\n`);
+  process.stdout.write(`solc ${solc.version()}: compiled ${[...CONTRACT_NAMES, ...OWNER_ABIS].join(", ")}; ${summary}\n`);
   for (const path of written) process.stdout.write(`  ${relative(process.cwd(), path)}\n`);
 }
 
