@@ -33,7 +33,14 @@ from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from executor.sandbox import http1
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
-from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
+from executor.sandbox.loader import (
+    COLD_500_BODY,
+    HANDLER_SHAPE,
+    NO_HANDLER,
+    NOT_A_HANDLER,
+    Verdict,
+    encode_frame,
+)
 from executor.sandbox.warm import WarmPool, WarmWorker
 from executor.sandbox.workerd import JobFiles, WorkerdProcess
 
@@ -210,6 +217,11 @@ class Sandbox:
                     raise
                 error_code, output, elapsed_ms = ErrorCode.DEADLINE_EXCEEDED, b"", deadline_ms
             except http1.HttpError as e:
+                if "broke" in str(e):  # what workerd does to a module without a handler
+                    raise SandboxError(
+                        f"{job}: workerd sent no response, as for a module without a default "
+                        f"fetch handler: {HANDLER_SHAPE}"
+                    ) from e
                 raise SandboxError(f"{job}: request to workerd failed: {e}") from e
             except OSError as e:  # after TimeoutError and HttpError, which are OSErrors too
                 raise SandboxError(f"{job}: cannot start workerd: {e}") from e
@@ -220,9 +232,10 @@ class Sandbox:
                 elif port is None:
                     assert proc is not None
                     if b"SyntaxError" not in proc.stderr.data:
+                        shape = f"; {HANDLER_SHAPE}" if NOT_A_HANDLER in proc.stderr.data else ""
                         raise SandboxError(
                             f"{job}: workerd exited with status {proc.returncode} before "
-                            f"listening: {proc.stderr_tail()}"
+                            f"listening: {proc.stderr_tail()}{shape}"
                         )
                     error_code, output = ErrorCode.SYNTAX_ERROR, b""
                 elif len(body) > MAX_OUTPUT_BYTES:
@@ -339,11 +352,14 @@ def _warm_outcome(job: str, verdict: Verdict, body: bytes) -> tuple[ErrorCode, b
     report = body.decode("utf-8", errors="replace")
     if verdict is Verdict.EXCEPTION:  # cold: workerd answers 500 with this body
         return ErrorCode.OK, COLD_500_BODY, ""
+    if verdict is Verdict.NO_HANDLER:  # cold: workerd drops the request -> no submission
+        raise SandboxError(f"{job}: {NO_HANDLER}: {HANDLER_SHAPE}")
     if verdict is Verdict.START_SYNTAX:  # cold: workerd exits before listening, SyntaxError
         return ErrorCode.SYNTAX_ERROR, b"", report + "\n"
     # cold: workerd exits before listening for another reason
     tail = re.sub(r"[^\x20-\x7e]+", " ", report[-400:]).strip()
-    raise SandboxError(f"{job}: the code failed to start (before listening, cold): {tail}")
+    shape = f"; {HANDLER_SHAPE}" if NOT_A_HANDLER.decode() in report else ""
+    raise SandboxError(f"{job}: the code failed to start (before listening, cold): {tail}{shape}")
 
 
 async def _run_to_completion(cleanup: Coroutine[Any, Any, None]) -> None:
