@@ -14,6 +14,7 @@ import logging
 import signal
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
 from executor.metrics import Metrics, metrics_app
+from executor.outcome import JobOutcome
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.runner import Sandbox
 from executor.service import ExecutorService
@@ -43,8 +45,11 @@ class Daemon:
         unconfined: bool = False,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         metrics_addr: str | None = None,
+        user_logs: bool = False,
     ) -> None:
         self.settings = settings
+        self._user_logs = user_logs
+        """DEVELOPMENT ONLY (``serve --user-logs``): log what each job's code prints."""
         self.metrics = Metrics()
         self._metrics_addr = metrics_addr or settings.metrics_addr
         self.metrics_url = ""
@@ -85,6 +90,11 @@ class Daemon:
         if not s.workerd_binary.is_file():
             raise ConfigError("workerd_runtime_path", f"no workerd binary at {s.workerd_binary}")
         s.workerd_runtime_path.mkdir(parents=True, exist_ok=True)
+        if self._user_logs:
+            logger.warning(
+                "DEVELOPMENT MODE: what user code prints is logged (--user-logs); "
+                "never use it in production"
+            )
         if self._unconfined:
             pool = None
             job_capacity = 1
@@ -105,7 +115,8 @@ class Daemon:
             secret_store_path=s.secret_store_path,
             pool=pool,
             warm_workers=s.warm_workers,
-            complete_logs=False,  # the daemon never reads a job's logs
+            # the daemon reads a job's logs only to show them in development (--user-logs)
+            complete_logs=self._user_logs,
         )
         self.sandbox = sandbox
         self.metrics.watch_slices(sandbox if pool is not None else None)
@@ -127,7 +138,7 @@ class Daemon:
             key=key,
             w3=rpc.w3,
             clients=rpc.clients,
-            execute=sandbox.execute,
+            execute=logging_user_output(sandbox.execute) if self._user_logs else sandbox.execute,
             job_capacity=job_capacity,
             secret_store=store,
             metrics=self.metrics,
@@ -209,3 +220,25 @@ def _site_url(runner: web.AppRunner, listen: ListenAddress) -> str:
         host, port = sock[:2]
         return f"http://{host}:{port}/"
     return f"http://{listen.host}:{listen.port}/"
+
+
+USER_LOG_LINES = 50
+USER_LOG_LINE_BYTES = 500
+user_code_logger = logging.getLogger("executor.user_code")
+
+
+def logging_user_output(execute: Any) -> Any:
+    """``execute`` that also logs what the job's code printed (console.log, console.error), one
+    record per line, bounded, under the job's label: for development (``serve --user-logs``)."""
+
+    async def execute_and_log(code: bytes, inputs: bytes, **kwargs: Any) -> JobOutcome:
+        outcome: JobOutcome = await execute(code, inputs, **kwargs)
+        # workerd's native stack addresses say nothing to a dApp author
+        lines = [ln for ln in outcome.logs.splitlines() if not ln.startswith("stack: /")]
+        for line in lines[:USER_LOG_LINES]:
+            user_code_logger.info("console: %s", line[:USER_LOG_LINE_BYTES])
+        if len(lines) > USER_LOG_LINES:
+            user_code_logger.info("console: ... %d more line(s)", len(lines) - USER_LOG_LINES)
+        return outcome
+
+    return execute_and_log

@@ -1,10 +1,12 @@
 """``oyster-devnet``: a local Oyster network for dApp authors, and the demo.
 
-- ``oyster-devnet up [--executors N] [--selected K]``: anvil, the devnet contracts and N registered
-  executors (each the real daemon in its own cgroup slices); prints the RPC URLs, contract
-  addresses and funded accounts, writes a state file, and runs until Ctrl-C.
-- ``oyster-devnet job CODE.js --input JSON [--secret-id N]``: against a running ``up``, stores the
-  code on chain, creates a job and prints each selected executor's JobResponded as it arrives.
+- ``oyster-devnet up [--executors N] [--selected K]``: anvil, the devnet contracts and N (1-8)
+  registered executors (each the real daemon in its own cgroup slices); prints the RPC URLs,
+  contract addresses and funded accounts, writes a state file, and runs until Ctrl-C. The
+  executors' logs (with what the jobs' code prints) go to a folder named at start, kept after exit.
+- ``oyster-devnet job CODE.js --input JSON|@FILE [--secret-id N]``: against a running ``up``,
+  stores the code on chain, creates a job and prints each selected executor's JobResponded as it
+  arrives, what the code printed, and why an executor will not answer as soon as its log says so.
 - ``oyster-devnet demo``: what ``make demo`` runs.
 
 Exit status: 0 on success, 1 when a job was not answered by every selected executor or the
@@ -20,6 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,11 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--execution-buffer", type=int, default=10, help="EXECUTION_BUFFER_TIME, s (default 10)"
     )
+    up.add_argument(
+        "--logs-dir",
+        type=Path,
+        default=None,
+        help="folder for the executors' logs, kept after exit "
+        "(default: ./oyster-devnet-logs/<start time>)",
+    )
     _state_file(up)
 
     job = sub.add_parser("job", help="run one job on the network started by `up`")
     job.add_argument("code", type=Path, help="the JavaScript file (an ES module, see docs/dapp.md)")
-    job.add_argument("--input", default="", help="the request body (e.g. a JSON text)")
+    job.add_argument(
+        "--input",
+        default="",
+        metavar="TEXT|@FILE",
+        help="the request body: the text as given, or the bytes of FILE with @FILE "
+        "(as `oyster-executor run --input`)",
+    )
     job.add_argument("--secret-id", type=int, default=0, help="secret id (0: none)")
     job.add_argument("--deadline-ms", type=int, default=5000, help="deadline (default 5000 ms)")
     _state_file(job)
@@ -108,6 +124,9 @@ async def _up(args: argparse.Namespace, selected: int) -> int:
         loop.add_signal_handler(sig, stop.set)
     workdir = Path(tempfile.mkdtemp(prefix="oyster-devnet-"))
     state_file: Path = args.state_file.resolve()
+    logs_dir = (args.logs_dir or default_logs_dir()).resolve()
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    say(f"-- executor logs in {logs_dir} (kept after exit)")
     try:
         async with start_network(
             workdir,
@@ -116,6 +135,7 @@ async def _up(args: argparse.Namespace, selected: int) -> int:
             slices=args.slices,
             execution_buffer_time=args.execution_buffer,
             say=say,
+            log_dir=logs_dir,
         ) as network:
             state = network.state()
             state.write(state_file)
@@ -131,12 +151,19 @@ async def _up(args: argparse.Namespace, selected: int) -> int:
         _remove(state_file, workdir)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    say("-- stopped")
+    say(f"-- stopped; the executors' logs are kept in {logs_dir}")
     return 0
+
+
+def default_logs_dir() -> Path:
+    """``./oyster-devnet-logs/<UTC start time>``: one folder per ``up``, named when it starts."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return Path("oyster-devnet-logs") / stamp
 
 
 def _remove(state_file: Path, workdir: Path) -> None:
     state_file.unlink(missing_ok=True)
+    state_file.with_name(state_file.name + ".lock").unlink(missing_ok=True)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -33,7 +33,7 @@ from oyster_devnet.tools import REPO_ROOT, free_port
 
 DEPLOYER, OWNER, USER = DEV_ACCOUNTS[0], DEV_ACCOUNTS[1], DEV_ACCOUNTS[3]
 GAS_ACCOUNTS = (DEV_ACCOUNTS[2], *DEV_ACCOUNTS[4:])
-"""One gas key per executor (so their nonces never collide): at most 8 executors."""
+"""One gas key per executor (so their nonces never collide): 8, so at most 8 executors."""
 MAX_EXECUTORS = len(GAS_ACCOUNTS)
 DEFAULT_STATE_FILE = Path(".oyster-devnet.json")
 FIRST_SLICE = 101
@@ -165,8 +165,13 @@ async def start_network(
     slices: int = 2,
     execution_buffer_time: int = 10,
     say: Say = print,
+    log_dir: Path | None = None,
 ) -> AsyncIterator[Network]:
-    """anvil + devnet contracts + ``executors`` registered daemons; stops everything on exit."""
+    """anvil + devnet contracts + ``executors`` registered daemons; stops everything on exit.
+
+    Each daemon logs to ``log_dir/executor-N.log`` (default: its folder in ``workdir``), with what
+    the jobs' code prints (``serve --user-logs``: the devnet is for development).
+    """
     if not 1 <= executors <= MAX_EXECUTORS:
         raise ValueError(f"executors must be between 1 and {MAX_EXECUTORS}")
     if not 1 <= selected <= executors:
@@ -188,9 +193,11 @@ async def start_network(
             group = f"oyster-devnet-{os.getpid()}-{i + 1}"
             first = FIRST_SLICE + i * slices
             parent = stack.enter_context(cgroup_slices(group, slices, say, first=first))
-            log_file = files.folder / "daemon.log"
+            log_file = (
+                (log_dir / f"executor-{i + 1}.log") if log_dir else files.folder / "daemon.log"
+            )
             admin_url = await stack.enter_async_context(
-                daemon_process(files.config_file, parent, log_file)
+                daemon_process(files.config_file, parent, log_file, "--user-logs")
             )
             started.append((i, files, parent, admin_url, log_file))
         infos = []
