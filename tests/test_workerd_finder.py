@@ -22,12 +22,12 @@ def test_the_override_wins_and_a_bad_one_is_named(
     monkeypatch.setenv("OYSTER_WORKERD_BIN", str(fake))
     assert find_workerd() == fake == workerd_binary()
     monkeypatch.setenv("OYSTER_WORKERD_BIN", str(tmp_path / "missing"))
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     monkeypatch.chdir(tmp_path)
     if (CHECKOUT / NPM_NATIVE).is_file():  # the checkout's own copy is the last resort
         assert find_workerd() == CHECKOUT / NPM_NATIVE
     else:
-        with pytest.raises(ExecutorError, match="OYSTER_WORKERD_BIN=.*missing"):
+        with pytest.raises(ExecutorError, match=r"OYSTER_WORKERD_BIN=.*missing"):
             find_workerd()
 
 
