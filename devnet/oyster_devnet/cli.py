@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a local network and keep it running until Ctrl-C")
     up.add_argument(
-        "--executors", type=int, default=1, help=f"executors to run (1-{MAX_EXECUTORS}, default 1)"
+        "--executors",
+        type=int,
+        default=1,
+        help=f"executors to run (1-{MAX_EXECUTORS}, default 1; 0: only the chain and the "
+        "contracts, for a node of your own: docs/operator.md)",
+    )
+    up.add_argument(
+        "--port", type=int, default=None, help="anvil's port on 127.0.0.1 (default: a free one)"
     )
     up.add_argument("--selected", type=int, default=None, help="executors per job (default: all)")
     up.add_argument("--slices", type=int, default=2, help="cgroup slices per executor (default 2)")
@@ -65,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(as `oyster-executor run --input`)",
     )
     job.add_argument("--secret-id", type=int, default=0, help="secret id (0: none)")
+    job.add_argument(
+        "--follow-log",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also follow this executor's log (a node of your own, not started by `up`): "
+        "show what it says about the job; repeatable",
+    )
     job.add_argument("--deadline-ms", type=int, default=5000, help="deadline (default 5000 ms)")
     _state_file(job)
     return parser
@@ -89,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main()
     if args.command == "up":
-        if not 1 <= args.executors <= MAX_EXECUTORS:
-            parser.error(f"--executors must be between 1 and {MAX_EXECUTORS}")
-        selected = args.executors if args.selected is None else args.selected
-        if not 1 <= selected <= args.executors:
+        if not 0 <= args.executors <= MAX_EXECUTORS:
+            parser.error(f"--executors must be between 0 and {MAX_EXECUTORS}")
+        selected = max(args.executors, 1) if args.selected is None else args.selected
+        if not 1 <= selected <= max(args.executors, 1):
             parser.error("--selected must be between 1 and --executors")
         if args.slices < 1:
             parser.error("--slices must be at least 1")
@@ -136,6 +152,7 @@ async def _up(args: argparse.Namespace, selected: int) -> int:
             execution_buffer_time=args.execution_buffer,
             say=say,
             log_dir=logs_dir,
+            port=args.port,
         ) as network:
             state = network.state()
             state.write(state_file)

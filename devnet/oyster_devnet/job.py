@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eth_utils import to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor.commands.run import read_input
@@ -107,7 +108,8 @@ async def run_job(args: argparse.Namespace) -> int:
     state = NetworkState.read(args.state_file)
     inputs = read_input(args.input)
     w3 = AsyncWeb3(AsyncHTTPProvider(state.http_url))
-    followers = {e.enclave_address: LogFollower.start(e) for e in state.executors}
+    executors = [*state.executors, *(_own_node(i, p) for i, p in enumerate(args.follow_log))]
+    followers = {e.enclave_address: LogFollower.start(e) for e in executors}
     try:
         devnet = await Devnet.attach(
             w3,
@@ -161,14 +163,44 @@ async def run_job(args: argparse.Namespace) -> int:
         for line in reasons:
             print(line)
         if silent:
-            print(f"  {silent} of them said nothing in time (see their logs: `oyster-devnet up`)")
+            print(
+                f"  {silent} of them said nothing in time (see their logs; a node of your own: "
+                "--follow-log ITS_LOG)"
+            )
         return 1
     return 0
 
 
+ENCLAVE_LINE = re.compile(rb"enclave address (0x[0-9a-fA-F]{40})")
+
+
+def _own_node(number: int, log_file: Path) -> ExecutorInfo:
+    """An executor not started by ``up`` (``--follow-log``): its enclave address from its log."""
+    try:
+        with log_file.open("rb") as log:
+            match = ENCLAVE_LINE.search(log.read(64 * 1024))
+    except OSError as e:
+        message = f"oyster-devnet job: cannot read --follow-log {log_file}: {e.strerror}"
+        raise SystemExit(message) from None
+    address = to_checksum_address(match[1].decode()) if match else f"(unknown: {log_file})"
+    return ExecutorInfo(
+        index=100 + number,
+        enclave_address=address,
+        admin_url="",
+        folder=str(log_file.parent),
+        log_file=str(log_file),
+        secret_store_path="",
+        cgroup_parent=None,
+    )
+
+
 def _explain(executor: ExecutorInfo, level: str, message: str) -> str:
     """One line of an executor's log about the job, as the job's author reads it."""
-    who = f"executor #{executor.index}"
+    who = (
+        f"executor #{executor.index}"
+        if executor.index < 100
+        else f"node {Path(executor.log_file).name}"
+    )
     if "console: " in message:
         return f"  {who} console: {message.split('console: ', 1)[1]}"
     if level in ("WARNING", "ERROR", "CRITICAL"):

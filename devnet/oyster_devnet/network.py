@@ -166,18 +166,21 @@ async def start_network(
     execution_buffer_time: int = 10,
     say: Say = print,
     log_dir: Path | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[Network]:
     """anvil + devnet contracts + ``executors`` registered daemons; stops everything on exit.
 
+    ``executors=0``: the chain and the contracts only, for an operator's own node (``selected``
+    is then what the Jobs contract selects per job). ``port=None``: anvil on a free port.
     Each daemon logs to ``log_dir/executor-N.log`` (default: its folder in ``workdir``), with what
     the jobs' code prints (``serve --user-logs``: the devnet is for development).
     """
-    if not 1 <= executors <= MAX_EXECUTORS:
-        raise ValueError(f"executors must be between 1 and {MAX_EXECUTORS}")
-    if not 1 <= selected <= executors:
+    if not 0 <= executors <= MAX_EXECUTORS:
+        raise ValueError(f"executors must be between 0 and {MAX_EXECUTORS}")
+    if not 1 <= selected <= max(executors, 1):
         raise ValueError("selected must be between 1 and the number of executors")
     async with contextlib.AsyncExitStack() as stack:
-        anvil = await stack.enter_async_context(start_anvil())
+        anvil = await stack.enter_async_context(start_anvil(port=port))
         w3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
         stack.push_async_callback(w3.provider.disconnect)
         devnet = await deploy_devnet(
@@ -214,7 +217,12 @@ async def start_network(
                     cgroup_parent=str(parent) if parent else None,
                 )
             )
-        say(f"-- {executors} executor(s) started and registered; {selected} selected per job")
+        if executors:
+            say(f"-- {executors} executor(s) started and registered; {selected} selected per job")
+        else:
+            say(
+                f"-- no executors: register your own (docs/operator.md); {selected} selected per job"
+            )
         yield Network(anvil, devnet, infos)
 
 
