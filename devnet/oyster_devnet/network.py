@@ -221,7 +221,8 @@ async def start_network(
             say(f"-- {executors} executor(s) started and registered; {selected} selected per job")
         else:
             say(
-                f"-- no executors: register your own (docs/operator.md); {selected} selected per job"
+                f"-- no executors: register your own (docs/operator.md); "
+                f"{selected} selected per job"
             )
         yield Network(anvil, devnet, infos)
 
