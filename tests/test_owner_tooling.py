@@ -265,3 +265,58 @@ def test_verifier_replies_are_read_or_refused_clearly() -> None:
         from_verifier_reply(image_id_format, "reply")
     with pytest.raises(AttestationError, match="pcr1"):
         from_verifier_reply({**reply, "pcr1": "ab"}, "reply")
+
+
+async def test_the_attestation_goes_from_the_enclave_server_to_the_verifier() -> None:
+    """The HTTP flow `owner register` follows on production: GET the raw document from the
+    enclave's attestation server, POST it as is to the verifier, read the verifier's JSON."""
+    from aiohttp import web
+
+    from executor.owner.attestation import fetch_and_verify
+
+    enclave, verifier_key = EnclaveKey.generate(), EnclaveKey.generate()
+    pcrs = (b"\x01" * 48, b"\x02" * 48, b"\x03" * 48)
+    document = b"\xd2\x84raw-cose-sign1-document"
+    received: list[tuple[str, bytes]] = []
+
+    async def attestation_raw(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/octet-stream")
+
+    async def verify_raw(request: web.Request) -> web.Response:
+        received.append((request.content_type, await request.read()))
+        signed = self_sign(verifier_key, enclave.public_key, pcrs, 1_700_000_000_000)
+        return web.json_response(
+            {
+                "signature": signed.signature.hex(),
+                "public_key": enclave.public_key.hex(),
+                "pcr0": pcrs[0].hex(),
+                "pcr1": pcrs[1].hex(),
+                "pcr2": pcrs[2].hex(),
+                "timestamp": signed.timestamp_ms,
+                "verifier_secp256k1_public": verifier_key.public_key.hex(),
+            }
+        )
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="error while verifying attestation")
+
+    app = web.Application()
+    app.router.add_get("/attestation/raw", attestation_raw)
+    app.router.add_post("/verify/raw", verify_raw)
+    app.router.add_post("/refuse", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        attestation = await fetch_and_verify(f"{base}/attestation/raw", f"{base}/verify/raw")
+        assert received == [("application/octet-stream", document)]
+        assert attestation.enclave_public_key == enclave.public_key and attestation.pcr2 == pcrs[2]
+        assert attestation.verifier_address() == verifier_key.address
+        with pytest.raises(AttestationError, match="refused the attestation \\(401\\)"):
+            await fetch_and_verify(f"{base}/attestation/raw", f"{base}/refuse")
+        with pytest.raises(AttestationError, match="answered 404"):
+            await fetch_and_verify(f"{base}/nothing", f"{base}/verify/raw")
+    finally:
+        await runner.cleanup()

@@ -110,6 +110,18 @@ class OysterTeeManager(TeeManagerFlavour):
     def __init__(self, chain: OwnerChain, address: str) -> None:
         super().__init__(chain, address, "OysterTeeManager")
 
+    async def _send(self, function: str, *args: Any) -> str:
+        try:
+            return await super()._send(function, *args)
+        except OwnerTxError as e:
+            if function == "reviveTeeNode" and "0x11" in str(e):
+                raise OwnerTxError(
+                    f"{e}: the production SecretStore underflows reviving a node whose storage "
+                    "capacity is below the SecretManager's GLOBAL_MAX_SECRET_SIZE (a node "
+                    "without a secret store reports 0)"
+                ) from e
+            raise
+
     async def staking_token(self) -> Any:
         token = await self.chain.call(self.contract, "STAKING_TOKEN")
         return self.chain.contract(token, "StakingToken")
