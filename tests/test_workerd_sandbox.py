@@ -177,9 +177,7 @@ async def test_a_module_without_a_default_fetch_handler_is_a_clear_error(
     """Not `connecting to 127.0.0.1:... is not allowed`, not an `Internal Server Error` output:
     no submission, and the message says what the code lacks, on every path. (With an EMPTY body a
     cold workerd answers such a module 500 `Internal Server Error` instead of dropping it.)"""
-    with pytest.raises(
-        SandboxError, match=r"(?i)handler.*export default \{ async fetch"
-    ):
+    with pytest.raises(SandboxError, match=r"(?i)handler.*export default \{ async fetch"):
         await env.sandbox.execute(code, b"input", deadline_ms=5000, label="nd")
 
 
