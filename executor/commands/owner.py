@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from executor.errors import ConfigError, ExecutorError, KeyFileError
+from executor.errors import ExecutorError, KeyFileError
 
 OWNER_KEY_ENV = "OYSTER_OWNER_KEY"
 
@@ -143,6 +143,11 @@ def _enclave_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _usage(flag: str, reason: str) -> ExecutorError:
+    """A command-line mistake: one line naming the flag."""
+    return ExecutorError(f"{flag}: {reason}")
+
+
 def _amount(text: str) -> int:
     try:
         value = int(text)
@@ -161,7 +166,7 @@ def read_owner_key(path: Path | None) -> bytes:
     if path is None:
         text = os.environ.get(OWNER_KEY_ENV, "").strip()
         if not text:
-            raise ConfigError(
+            raise _usage(
                 "--owner-key-file", f"no owner key: pass --owner-key-file or set {OWNER_KEY_ENV}"
             )
         return _key_from_text(text, f"${OWNER_KEY_ENV}")
@@ -205,20 +210,18 @@ def _chain_target(args: argparse.Namespace) -> tuple[str, str]:
         try:
             config: dict[str, Any] = json.loads(args.config_file.read_text())
         except OSError as e:
-            raise ConfigError("--config-file", f"cannot read {args.config_file}: {e}") from e
+            raise _usage("--config-file", f"cannot read {args.config_file}: {e.strerror}") from e
         except ValueError as e:
-            raise ConfigError("--config-file", f"{args.config_file} is not JSON: {e}") from e
+            raise _usage("--config-file", f"{args.config_file} is not JSON: {e}") from e
         configured = config.get("http_rpc_url")
         if isinstance(configured, list):
             configured = configured[0] if configured else None
         rpc_url = rpc_url or configured
         tee_manager = tee_manager or config.get("tee_manager_contract_addr")
     if not rpc_url:
-        raise ConfigError("--rpc-url", "required (or --config-file with http_rpc_url)")
+        raise _usage("--rpc-url", "required (or --config-file with http_rpc_url)")
     if not tee_manager:
-        raise ConfigError(
-            "--tee-manager", "required (or --config-file with tee_manager_contract_addr)"
-        )
+        raise _usage("--tee-manager", "required (or --config-file with tee_manager_contract_addr)")
     return str(rpc_url), str(tee_manager)
 
 
@@ -308,7 +311,7 @@ async def _attestation(args: argparse.Namespace, message: Any, att: Any) -> Any:
 
     if args.self_sign_attestation is not None:
         if not args.pcrs:
-            raise ConfigError("--pcrs", "required with --self-sign-attestation")
+            raise _usage("--pcrs", "required with --self-sign-attestation")
         print("!! TEST PATH: the attestation is signed with a local verifier key, not verified")
         attestation = att.self_sign(
             EnclaveKey.load(args.self_sign_attestation),
@@ -320,7 +323,7 @@ async def _attestation(args: argparse.Namespace, message: Any, att: Any) -> Any:
     elif args.attestation_url and args.verifier_url:
         attestation = await att.fetch_and_verify(args.attestation_url, args.verifier_url)
     else:
-        raise ConfigError(
+        raise _usage(
             "--attestation-url",
             "the production TeeManager needs the enclave's attestation: pass --attestation-url "
             "and --verifier-url, or --attestation-json",
