@@ -5,6 +5,8 @@
 // Writes, with stable formatting so that a rebuild gives no diff:
 //   contracts/abi/<Name>.json            the ABI of interfaces/I<Name>.sol: what the executor uses
 //   contracts/devnet/build/<Name>.json   {"abi": [...], "bytecode": "0x..."} of devnet/<Name>.sol
+//   contracts/abi/<Name>.json            also the ABI of each interfaces/I<Name>.sol in OWNER_ABIS:
+//                                        what `oyster-executor owner` sends the owner's calls with
 // Any compiler error or warning fails the build.
 
 import { mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync } from "node:fs";
@@ -17,6 +19,7 @@ const SOURCE_DIRS = ["interfaces", "devnet"];
 const CONTRACT_NAMES = ["Jobs", "TeeManager", "UserCode"];
 /** Devnet contracts without an interface of the executor's (samples for dApp developers). */
 const DEVNET_ONLY = ["OysterConsumer"];
+const OWNER_ABIS = ["OysterTeeManager", "DevnetTeeManager", "StakingToken"];
 
 function readSources() {
   const sources = {};
@@ -92,8 +95,15 @@ function main() {
       written.push(path);
     }
   }
+  for (const name of OWNER_ABIS) {
+    const iface = contractOutput(contracts, `interfaces/I${name}.sol`, `I${name}`);
+    if (writeJson(join(CONTRACTS, "abi", `${name}.json`), iface.abi)) {
+      written.push(join(CONTRACTS, "abi", `${name}.json`));
+    }
+  }
   const summary = written.length ? `updated ${written.length} file(s)` : "no changes";
-  process.stdout.write(`solc ${solc.version()}: compiled ${[...CONTRACT_NAMES, ...DEVNET_ONLY].join(", ")}; ${summary}\n`);
+  const names = [...CONTRACT_NAMES, ...DEVNET_ONLY, ...OWNER_ABIS];
+  process.stdout.write(`solc ${solc.version()}: compiled ${names.join(", ")}; ${summary}\n`);
   for (const path of written) process.stdout.write(`  ${relative(process.cwd(), path)}\n`);
 }
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "executor.commands.run",
     "executor.commands.admin",
     "executor.commands.doctor",
+    "executor.commands.owner",
 )
 
 

@@ -15,6 +15,7 @@ import logging
 import signal
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from executor.errors import ConfigError, ExecutorError
 from executor.health import CHAIN_GRACE_S, NodeHealth, PartsDown, SandboxWatch, no_parts_down
 from executor.metrics import Metrics, metrics_app
 from executor.sandbox import Sandbox
+from executor.outcome import JobOutcome
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.outbound import OutboundBudget
 from executor.service import ExecutorService
@@ -50,6 +52,7 @@ class Daemon:
         parts_down: PartsDown = no_parts_down,
         startup_canary: bool = False,
         chain_grace_s: float = CHAIN_GRACE_S,
+        user_logs: bool = False,
     ) -> None:
         """``parts_down`` feeds the health (part name -> reason, e.g. a supervisor's);
         ``startup_canary`` runs a known-good job at start-up (``serve`` does) so that the health
@@ -59,6 +62,8 @@ class Daemon:
         self._startup_canary = startup_canary
         self._chain_grace_s = chain_grace_s
         self.health: NodeHealth | None = None
+        self._user_logs = user_logs
+        """DEVELOPMENT ONLY (``serve --user-logs``): log what each job's code prints."""
         self.metrics = Metrics()
         self.supervisor = Supervisor(metrics=self.metrics)
         """Every long-lived part of the daemon runs under it (``parts_down()``: the health)."""
@@ -113,6 +118,11 @@ class Daemon:
                 f"{s.secret_store_path} is not a folder (create it: mkdir -p "
                 f"{s.secret_store_path}); jobs with a secret would fail",
             )
+        if self._user_logs:
+            logger.warning(
+                "DEVELOPMENT MODE: what user code prints is logged (--user-logs); "
+                "never use it in production"
+            )
         if self._unconfined:
             pool = None
             job_capacity = 1
@@ -133,7 +143,8 @@ class Daemon:
             secret_store_path=s.secret_store_path,
             pool=pool,
             warm_workers=s.warm_workers,
-            complete_logs=False,  # the daemon never reads a job's logs
+            # the daemon reads a job's logs only to show them in development (--user-logs)
+            complete_logs=self._user_logs,
             outbound=OutboundBudget(fetches=s.job_fetch_limit, received=s.job_fetch_bytes_limit),
         )
         self.sandbox = sandbox
@@ -157,7 +168,11 @@ class Daemon:
             key=key,
             w3=rpc.w3,
             clients=rpc.clients,
-            execute=sandbox_watch.execute,
+            execute=(
+                logging_user_output(sandbox_watch.execute)
+                if self._user_logs
+                else sandbox_watch.execute
+            ),
             job_capacity=job_capacity,
             secret_store=store,
             metrics=self.metrics,
@@ -295,3 +310,25 @@ def _site_url(runner: web.AppRunner, listen: ListenAddress) -> str:
         host, port = sock[:2]
         return f"http://{host}:{port}/"
     return f"http://{listen.host}:{listen.port}/"
+
+
+USER_LOG_LINES = 50
+USER_LOG_LINE_BYTES = 500
+user_code_logger = logging.getLogger("executor.user_code")
+
+
+def logging_user_output(execute: Any) -> Any:
+    """``execute`` that also logs what the job's code printed (console.log, console.error), one
+    record per line, bounded, under the job's label: for development (``serve --user-logs``)."""
+
+    async def execute_and_log(code: bytes, inputs: bytes, **kwargs: Any) -> JobOutcome:
+        outcome: JobOutcome = await execute(code, inputs, **kwargs)
+        # workerd's native stack addresses say nothing to a dApp author
+        lines = [ln for ln in outcome.logs.splitlines() if not ln.startswith("stack: /")]
+        for line in lines[:USER_LOG_LINES]:
+            user_code_logger.info("console: %s", line[:USER_LOG_LINE_BYTES])
+        if len(lines) > USER_LOG_LINES:
+            user_code_logger.info("console: ... %d more line(s)", len(lines) - USER_LOG_LINES)
+        return outcome
+
+    return execute_and_log

@@ -25,7 +25,7 @@ from executor.daemon import Daemon
 from executor.errors import SandboxError
 from executor.health import SANDBOX_FAILURE_STREAK, SandboxWatch
 from executor.outcome import ErrorCode
-from executor.sandbox.runner import Sandbox
+from executor.sandbox import Sandbox
 from oyster_devnet.accounts import DEV_ACCOUNTS, DevAccount
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet

@@ -166,6 +166,26 @@ async def test_start_failure_other_than_syntax_raises(env: Env) -> None:
         await env.sandbox.execute(TOP_LEVEL_THROW_JS, b"", deadline_ms=5000, label="t2")
 
 
+@pytest.mark.parametrize(
+    "code",
+    [b"const handler = { fetch() { return new Response('x'); } };", b"export const x = 1;"],
+    ids=["no-exports", "no-default-export"],
+)
+async def test_a_module_without_a_default_fetch_handler_is_a_clear_error(
+    env: Env, code: bytes
+) -> None:
+    """Not `connecting to 127.0.0.1:... is not allowed`, not an `Internal Server Error` output:
+    no submission, and the message says what the code lacks, on every path. (With an EMPTY body a
+    cold workerd answers such a module 500 `Internal Server Error` instead of dropping it.)"""
+    with pytest.raises(SandboxError, match=r"(?i)handler.*export default \{ async fetch"):
+        await env.sandbox.execute(code, b"input", deadline_ms=5000, label="nd")
+
+
+async def test_a_handler_that_throws_is_not_taken_for_a_missing_one(env: Env) -> None:
+    outcome = await env.sandbox.execute(THROW_JS, b"", deadline_ms=5000)
+    assert (outcome.error_code, outcome.output) == (ErrorCode.OK, b"Internal Server Error")
+
+
 # --- what the code sees: the same on both paths -----------------------------------------
 
 REQUEST_SHAPE_JS = b"""

@@ -1,6 +1,8 @@
 """The dev accounts every anvil starts with: mnemonic "test test ... junk", path m/44'/60'/0'/0/<i>.
 
-Each holds 10000 ETH on a fresh anvil. The keys are public knowledge: never use them off the devnet.
+Each holds 10000 ETH on a fresh anvil (started with ``--accounts 11``: one gas key for each of
+up to 8 devnet executors besides the deployer, owner and user). The keys are public knowledge:
+never use them off the devnet.
 """
 
 from __future__ import annotations
@@ -73,5 +75,10 @@ DEV_ACCOUNTS: tuple[DevAccount, ...] = (
     _dev(
         "0xa0ee7a142d267c1f36714e4a8f75612f20a79720",
         "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
+    ),
+    # the 11th (anvil makes it with --accounts 11): the gas key of an 8th devnet executor
+    _dev(
+        "0xbcd4042de499d14e55001ccbb24a551f3b954096",
+        "0xf214f2b2cd398c806f84e317254e0f0b801d0643303237d97a22a48e01628897",
     ),
 )

@@ -73,7 +73,7 @@ async def start_anvil(
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         chosen_port = port if port is not None else free_port()
         args = ["--host", "127.0.0.1", "--port", str(chosen_port), "--chain-id", str(chain_id)]
-        args.append("--silent")
+        args += ["--accounts", str(len(DEV_ACCOUNTS)), "--silent"]
         if block_time is not None:
             args += ["--block-time", _format_seconds(block_time)]
         with tempfile.TemporaryFile() as stderr:

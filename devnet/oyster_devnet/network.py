@@ -33,7 +33,7 @@ from oyster_devnet.tools import REPO_ROOT, free_port
 
 DEPLOYER, OWNER, USER = DEV_ACCOUNTS[0], DEV_ACCOUNTS[1], DEV_ACCOUNTS[3]
 GAS_ACCOUNTS = (DEV_ACCOUNTS[2], *DEV_ACCOUNTS[4:])
-"""One gas key per executor (so their nonces never collide): at most 8 executors."""
+"""One gas key per executor (so their nonces never collide): 8, so at most 8 executors."""
 MAX_EXECUTORS = len(GAS_ACCOUNTS)
 DEFAULT_STATE_FILE = Path(".oyster-devnet.json")
 FIRST_SLICE = 101
@@ -165,14 +165,22 @@ async def start_network(
     slices: int = 2,
     execution_buffer_time: int = 10,
     say: Say = print,
+    log_dir: Path | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[Network]:
-    """anvil + devnet contracts + ``executors`` registered daemons; stops everything on exit."""
-    if not 1 <= executors <= MAX_EXECUTORS:
-        raise ValueError(f"executors must be between 1 and {MAX_EXECUTORS}")
-    if not 1 <= selected <= executors:
+    """anvil + devnet contracts + ``executors`` registered daemons; stops everything on exit.
+
+    ``executors=0``: the chain and the contracts only, for an operator's own node (``selected``
+    is then what the Jobs contract selects per job). ``port=None``: anvil on a free port.
+    Each daemon logs to ``log_dir/executor-N.log`` (default: its folder in ``workdir``), with what
+    the jobs' code prints (``serve --user-logs``: the devnet is for development).
+    """
+    if not 0 <= executors <= MAX_EXECUTORS:
+        raise ValueError(f"executors must be between 0 and {MAX_EXECUTORS}")
+    if not 1 <= selected <= max(executors, 1):
         raise ValueError("selected must be between 1 and the number of executors")
     async with contextlib.AsyncExitStack() as stack:
-        anvil = await stack.enter_async_context(start_anvil())
+        anvil = await stack.enter_async_context(start_anvil(port=port))
         w3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
         stack.push_async_callback(w3.provider.disconnect)
         devnet = await deploy_devnet(
@@ -188,9 +196,11 @@ async def start_network(
             group = f"oyster-devnet-{os.getpid()}-{i + 1}"
             first = FIRST_SLICE + i * slices
             parent = stack.enter_context(cgroup_slices(group, slices, say, first=first))
-            log_file = files.folder / "daemon.log"
+            log_file = (
+                (log_dir / f"executor-{i + 1}.log") if log_dir else files.folder / "daemon.log"
+            )
             admin_url = await stack.enter_async_context(
-                daemon_process(files.config_file, parent, log_file)
+                daemon_process(files.config_file, parent, log_file, "--user-logs")
             )
             started.append((i, files, parent, admin_url, log_file))
         infos = []
@@ -207,7 +217,13 @@ async def start_network(
                     cgroup_parent=str(parent) if parent else None,
                 )
             )
-        say(f"-- {executors} executor(s) started and registered; {selected} selected per job")
+        if executors:
+            say(f"-- {executors} executor(s) started and registered; {selected} selected per job")
+        else:
+            say(
+                f"-- no executors: register your own (docs/operator.md); "
+                f"{selected} selected per job"
+            )
         yield Network(anvil, devnet, infos)
 
 

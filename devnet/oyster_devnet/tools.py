@@ -11,17 +11,15 @@ import socket
 from pathlib import Path
 
 from executor.errors import ExecutorError
+from executor.sandbox.locate import find_workerd
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-_NATIVE = {
-    "anvil": "@foundry-rs/anvil-linux-amd64/bin/anvil",
-    "workerd": "@cloudflare/workerd-linux-64/bin/workerd",
-}
+_NATIVE = {"anvil": "@foundry-rs/anvil-linux-amd64/bin/anvil"}
 
 
 def native_binary(name: str) -> Path:
-    """Path of the native ``anvil`` or ``workerd`` binary; ``OYSTER_<NAME>_BIN`` overrides it."""
+    """Path of the native ``anvil`` binary; ``OYSTER_ANVIL_BIN`` overrides it."""
     override = os.environ.get(f"OYSTER_{name.upper()}_BIN")
     candidates = [Path(override)] if override else []
     candidates.append(REPO_ROOT / "node_modules" / _NATIVE[name])
@@ -34,7 +32,8 @@ def native_binary(name: str) -> Path:
 
 
 def workerd_binary() -> Path:
-    return native_binary("workerd")
+    """Found as ``oyster-executor run`` finds it (``executor.sandbox.locate``)."""
+    return find_workerd(cwd=REPO_ROOT)
 
 
 def anvil_binary() -> Path:

@@ -189,5 +189,7 @@ async def _registration_message(request: web.Request) -> web.Response:
             "env": EXECUTOR_ENV,
             "owner": backend.owner,
             "signature": "0x" + signature.hex(),
+            # what the production TeeManager's attestation is checked against (owner tooling)
+            "enclave_public_key": "0x" + backend.key.public_key.hex(),
         }
     )

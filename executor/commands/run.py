@@ -105,13 +105,17 @@ def _read(path: Path, what: str) -> bytes:
         raise ExecutorError(f"cannot read {what} {path}: {e.strerror}") from e
 
 
+def read_input(value: str) -> bytes:
+    """``--input``: the bytes of FILE for ``@FILE``, else the text as given (``run`` and
+    ``oyster-devnet job`` alike)."""
+    if value.startswith("@"):
+        return _read(Path(value[1:]), "input file")
+    return os.fsencode(value)
+
+
 def run_command(args: argparse.Namespace) -> int:
     code = _read(args.code, "code file")
-    inputs = (
-        _read(Path(args.input[1:]), "input file")
-        if args.input.startswith("@")
-        else os.fsencode(args.input)
-    )
+    inputs = read_input(args.input)
     if args.secret_file is not None and not args.secret_file.is_file():
         raise ExecutorError(f"secret file {args.secret_file} does not exist")
     if args.workerd is not None:

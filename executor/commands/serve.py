@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DEVELOPMENT ONLY: run user code without cgroup slices",
     )
     parser.add_argument(
+        "--user-logs",
+        action="store_true",
+        help="DEVELOPMENT ONLY: log what each job's code prints (console.log) at INFO; off by "
+        "default, never in production (a job's output is for its owner alone)",
+    )
+    parser.add_argument(
         "--metrics-addr",
         metavar="HOST:PORT",
         default=None,
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         metrics_addr=args.metrics_addr,
         startup_canary=True,  # the health knows at once whether a job would run
+        user_logs=args.user_logs,
     )
     asyncio.run(daemon.serve_until_signalled())
     return 0

@@ -35,6 +35,9 @@ loader's own failure (workerd's bare 500) and raises ``SandboxError``: nothing i
   exits before listening -> no submission);
 - ``exception``: the user's ``fetch`` threw or its promise can never settle (cold: workerd answers
   500 ``Internal Server Error`` -> code 0 with that body).
+- ``no-handler``: the module has no default export with a ``fetch`` handler (cold: workerd drops
+  the connection without a response -> no submission); told by a probe worker that imports the
+  module, loaded only after a failure that did not come from the user's code.
 
 A start failure is told apart from an exception by the error's ``remote`` flag, which workerd sets
 on every error that crosses from the loaded worker: user code can throw an error whose message
@@ -55,6 +58,13 @@ from executor.sandbox.workerd import COMPATIBILITY_DATE, V8_FLAGS, capnp_string,
 VERDICT_HEADER = "x-oyster-loader-verdict"
 NO_SECRET = 0xFFFFFFFF
 LOADER_ID = "oyster-jobs"
+NO_HANDLER = "the module has no default export with a fetch handler"
+HANDLER_SHAPE = (
+    "a job's code is `export default { async fetch(request, env) { ... } }` (docs/dapp.md)"
+)
+"""What a job whose module exports no fetch handler fails with (warm and cold alike)."""
+NOT_A_HANDLER = b"is not of type 'function or ExportedHandler'"
+"""workerd's start failure for a module whose exports are not handlers (e.g. only a constant)."""
 COLD_500_BODY = b"Internal Server Error"
 """What a cold workerd answers when the worker throws: the output the warm path reports too."""
 
@@ -75,6 +85,30 @@ function sameBytes(a, b) {{
 function verdict(kind, error) {{
   const text = String((error && error.stack) || error);
   return new Response(text, {{ status: 500, headers: {{ [VERDICT]: kind }} }});
+}}
+
+// Only after a failure that did not come from the user's code: does the module default-export
+// a fetch handler? (workerd just drops the request of a module without one.)
+const PROBE = `import * as user from "main";
+export default {{ fetch() {{
+  const handler = user.default;
+  const fetch = handler && (handler.fetch || (handler.prototype && handler.prototype.fetch));
+  return new Response(typeof fetch === "function" ? "yes" : "no");
+}} }};`;
+
+async function hasFetchHandler(env, code) {{
+  try {{
+    const probe = env.LOADER.get("probe-" + jobs, () => ({{
+      compatibilityDate: "{COMPATIBILITY_DATE}",
+      mainModule: "probe",
+      modules: {{ probe: {{ js: PROBE }}, main: {{ js: code }} }},
+      env: {{}},
+    }}));
+    const answer = await probe.getEntrypoint().fetch("http://probe/");
+    return (await answer.text()) !== "no";
+  }} catch (error) {{
+    return true;  // cannot tell: keep the original verdict
+  }}
 }}
 
 export default {{
@@ -125,6 +159,9 @@ export default {{
       if (error && error.remote !== true && message.startsWith("Failed to start Worker:")) {{
         const syntax = message.includes("\\nUncaught SyntaxError");
         return verdict(syntax ? "start-syntax" : "start-other", error);
+      }}
+      if (!(error && error.remote === true) && !(await hasFetchHandler(env, code))) {{
+        return verdict("no-handler", error);
       }}
       return verdict("exception", error);
     }}
@@ -189,6 +226,7 @@ class Verdict(Enum):
     START_SYNTAX = "start-syntax"
     START_OTHER = "start-other"
     EXCEPTION = "exception"
+    NO_HANDLER = "no-handler"
 
     @classmethod
     def from_header(cls, value: str | None) -> Verdict:

@@ -28,7 +28,14 @@ from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode
 from executor.sandbox import http1
 from executor.sandbox.capnp_config import BinaryConfigs
 from executor.sandbox.cgroups import Slice, SlicePool
-from executor.sandbox.loader import COLD_500_BODY, Verdict, encode_frame
+from executor.sandbox.loader import (
+    COLD_500_BODY,
+    HANDLER_SHAPE,
+    NO_HANDLER,
+    NOT_A_HANDLER,
+    Verdict,
+    encode_frame,
+)
 from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.warm import WarmPool, WarmWorker
 from executor.sandbox.workerd import (
@@ -182,9 +189,10 @@ class ColdPath:
                     return ErrorCode.SYNTAX_ERROR, b"", ""
                 if await memory_exhausted(proc, self._slice, self._oom_kills):
                     return _out_of_memory(job, proc)
+                shape = f"; {HANDLER_SHAPE}" if NOT_A_HANDLER in proc.stderr.data else ""
                 raise SandboxError(
                     f"{job.label}: workerd exited with status {proc.returncode} before "
-                    f"listening: {proc.stderr_tail()}"
+                    f"listening: {proc.stderr_tail()}{shape}"
                 )
             proc.cap_memory()
             try:
@@ -192,6 +200,12 @@ class ColdPath:
             except http1.HttpError as e:
                 if await memory_exhausted(proc, self._slice, self._oom_kills):
                     return _out_of_memory(job, proc)
+                if proc.returncode is None and "broke" in str(e):
+                    # workerd alive, request dropped: what it does to a module without a handler
+                    raise SandboxError(
+                        f"{job.label}: workerd sent no response, as for a module without a "
+                        f"default fetch handler: {HANDLER_SHAPE}"
+                    ) from e
                 raise _crashed(job, proc, f"request to workerd failed: {e}") from e
         except OSError as e:  # not TimeoutError: the caller's deadline
             if isinstance(e, TimeoutError):
@@ -266,8 +280,11 @@ def _warm_outcome(job: str, verdict: Verdict, body: bytes) -> Result:
     report = body.decode("utf-8", errors="replace")
     if verdict is Verdict.EXCEPTION:  # cold: workerd answers 500 with this body
         return ErrorCode.OK, COLD_500_BODY, ""
+    if verdict is Verdict.NO_HANDLER:  # cold: workerd drops the request -> no submission
+        raise SandboxError(f"{job}: {NO_HANDLER}: {HANDLER_SHAPE}")
     if verdict is Verdict.START_SYNTAX:  # cold: workerd exits before listening, SyntaxError
         return ErrorCode.SYNTAX_ERROR, b"", report + "\n"
     # cold: workerd exits before listening for another reason
     tail = re.sub(r"[^\x20-\x7e]+", " ", report[-400:]).strip()
-    raise SandboxError(f"{job}: the code failed to start (before listening, cold): {tail}")
+    shape = f"; {HANDLER_SHAPE}" if NOT_A_HANDLER.decode() in report else ""
+    raise SandboxError(f"{job}: the code failed to start (before listening, cold): {tail}{shape}")
