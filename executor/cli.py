@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "executor.commands.run",
     "executor.commands.admin",
     "executor.commands.doctor",
+    "executor.commands.replay",
+    "executor.commands.verify",
 )
 
 

@@ -134,7 +134,7 @@ def test_missing_slices_and_bad_usage_exit_2(tmp_path: Path) -> None:
     code = write(tmp_path, "echo.js", ECHO_JS)
     result = run(code, "--cgroup-parent", tmp_path)
     assert result.returncode == 2
-    assert "cgroup_setup.sh" in result.stderr and "--unconfined" in result.stderr
+    assert "cgroup_setup.sh" in result.stderr and "--limits none" in result.stderr
     assert "Traceback" not in result.stderr
 
     result = run(tmp_path / "missing.js", "--unconfined")
