@@ -255,7 +255,7 @@ def memory_limit_bytes(limits: SliceLimits | None) -> tuple[int, str]:
     """The memory limit a production job runs under, and where that figure comes from."""
     value = limits.memory_max if limits is not None else None
     if value is not None and value.strip().isdigit():
-        return int(value), "memory.max of this machine's slices"
+        return int(value), "these slices' memory.max"
     return PRODUCTION_MEMORY_MAX, "the default slice memory.max"
 
 
@@ -318,7 +318,7 @@ class Report:
             else "OVER it: in production the slice stops this job's workerd"
         )
         return (
-            f"peak memory: {_mib(peak)} (resident, the job's workerd process); production limit "
+            f"peak memory: {_mib(peak)} resident in the job's workerd process; production limit "
             f"{_mib(limit)} ({source}): {verdict}"
         )
 

@@ -377,6 +377,11 @@ def _as_text(record: JobRecord, reports: list[OutputReport], code_check: Check |
         )
         lines += ["  " + c.line() for c in report.checks]
         lines += [f"  note: {n}" for n in report.notes]
+    if len({(r.response.error_code, r.response.output) for r in reports}) > 1:
+        lines.append(
+            "note: the outputs differ from one another: `oyster-executor replay` shows which "
+            "one the code gives (verify proves who signed, not what the code answers)"
+        )
     if code_check is not None:
         lines.append(code_check.line())
     return "\n".join(lines)
