@@ -30,7 +30,7 @@ from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.rpc_proxy import running_rpc_proxy
-from tests.sandbox_helpers import PYTHON, REPO_ROOT, workerd_bin_or_skip
+from tests.sandbox_helpers import PYTHON, REPO_ROOT, slice_parent, workerd_bin_or_skip
 
 OWNER, GAS, USER, FORGER_GAS = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3], DEV_ACCOUNTS[4]
 SECRET_ID = 7
@@ -107,7 +107,9 @@ async def cli(*args: str | Path, cwd: Path = REPO_ROOT) -> Result:
 
 
 async def replay(url: str, devnet: Devnet, job_id: int, *extra: str | Path) -> Result:
-    return await cli("replay", str(job_id), *chain_flags(url, devnet), "--limits", "none", *extra)
+    """``replay`` unconfined (the daemon here runs unconfined too), unless ``extra`` says."""
+    limits = () if "--limits" in extra else ("--limits", "none")
+    return await cli("replay", str(job_id), *chain_flags(url, devnet), *limits, *extra)
 
 
 async def verify(url: str, devnet: Devnet, job_id: int, *extra: str | Path) -> Result:
@@ -179,6 +181,19 @@ async def test_replay_of_a_genuine_answer_matches(
     assert report["job_id"] == job_id and report["all_match"] is True
     assert report["replay"]["output_hex"] == "0x" + b"echo:hello".hex()
     assert [o["matches"] for o in report["outputs"]] == [True]
+
+
+async def test_replay_under_production_limits_in_a_slice(
+    node: Node, anvil: AnvilNode, devnet: Devnet
+) -> None:
+    job_id = await answered_job(devnet, [node.files.key.address])
+    with slice_parent(count=2) as parent:
+        result = await replay(
+            anvil.http_url, devnet, job_id, "--limits", "production", "--cgroup-parent", parent
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MATCH" in result.stdout and "UNCONFINED" not in result.stderr
+    assert "warm slices available" in result.stderr  # the daemon's default path
 
 
 async def test_replay_names_a_forged_output_as_the_mismatch(

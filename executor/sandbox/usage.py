@@ -8,8 +8,10 @@ started for the job), confined to a slice or not, with or without a memory contr
 - while the job runs, every ``interval_s``, the children of this process are listed
   (``/proc/<pid>/task/*/children``) and each one's ``VmHWM`` (peak resident memory, a high-water
   mark kept by the kernel) and CPU ticks (``/proc/<pid>/stat``) are read;
-- the job's process is the child that was alive during the job and is gone (reaped) at its end:
-  the sandbox kills the job's workerd before ``execute`` returns, on both paths;
+- the job's process is the child that was alive during the job and is gone (reaped, or killed and
+  waiting to be reaped) at its end: the sandbox kills the job's workerd before ``execute``
+  returns, on both paths; when no such child was seen, the figures are unknown (None), not
+  guessed;
 - its CPU time is exact: what ``getrusage(RUSAGE_CHILDREN)`` gained while the job ran (the kernel
   adds a child's lifetime CPU when it is reaped), minus what it had used before the job (the warm
   path's start-up and warm-up); its peak memory is the kernel's ``ru_maxrss`` of it when that rose
@@ -97,13 +99,13 @@ class JobProcessProbe:
     def _usage(
         self, before: resource.struct_rusage, after: resource.struct_rusage, alive: set[int]
     ) -> ProcessUsage:
-        gone = {pid: seen for pid, seen in self._seen.items() if pid not in alive}
-        if not gone:  # nothing was reaped: report the busiest child seen, from samples
-            if not self._seen:
-                return ProcessUsage(None, None)
-            busiest = max(self._seen.values(), key=lambda s: s.last_cpu_s - s.first_cpu_s)
-            cpu_s = busiest.last_cpu_s - busiest.first_cpu_s
-            return ProcessUsage(round(cpu_s * 1000), busiest.hwm_bytes or None)
+        running = {pid for pid in alive if not is_zombie(pid)}
+        gone = {pid: seen for pid, seen in self._seen.items() if pid not in running}
+        if not gone:  # the job's process was never seen, or is still running: no guess
+            return ProcessUsage(None, None)
+        if any(pid in alive for pid in gone):  # killed, not reaped yet: its last samples
+            cpu_s = sum(seen.last_cpu_s - seen.first_cpu_s for seen in gone.values())
+            return ProcessUsage(round(cpu_s * 1000), max(s.hwm_bytes for s in gone.values()))
         reaped_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         earlier_s = sum(seen.first_cpu_s for seen in gone.values() if seen.at_start)
         cpu_ms = max(0, round((reaped_cpu_s - earlier_s) * 1000))
@@ -127,6 +129,16 @@ def children_of(pid: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return pids
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped (state ``Z`` in ``/proc/<pid>/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "Z"
 
 
 def read_process(pid: int) -> tuple[float, int] | None:
