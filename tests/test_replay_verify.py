@@ -321,6 +321,10 @@ async def test_verify_a_genuine_output(node: Node, anvil: AnvilNode, devnet: Dev
     }
     assert all(c["verdict"] == "pass" for c in output["checks"])
 
+    # An operator needs no flags: the chain and the contracts come from the config file.
+    result = await cli("verify", str(job_id), "--config-file", node.files.config_file)
+    assert result.returncode == 0 and ": GENUINE" in result.stdout, result.stdout + result.stderr
+
 
 async def test_verify_catches_an_rpc_rewriting_the_logged_output(
     node: Node, anvil: AnvilNode, devnet: Devnet
