@@ -175,7 +175,7 @@ def test_report_shows_a_heap_hungry_functions_peak_memory(
     assert report["cpu_time_ms"] > 0 and report["wall_time_ms"] >= report["total_time_ms"] - 1
 
     text = run(code, "--cgroup-parent", parent, *path_flags).stdout
-    assert "peak memory: " in text and "OVER it: in production the slice stops" in text
+    assert "peak memory: " in text and "OVER it: a production executor stops the job" in text
     assert "limits: production slice, but memory/cpu limits NOT enforced" in text
 
 

@@ -315,7 +315,8 @@ class Report:
         verdict = (
             "within it"
             if peak <= limit
-            else "OVER it: in production the slice stops this job's workerd"
+            else "OVER it: a production executor stops the job at that limit, so the chain "
+            "would not get this output"
         )
         return (
             f"peak memory: {_mib(peak)} resident in the job's workerd process; production limit "
