@@ -9,6 +9,9 @@ and the contracts: the signer is the log's executor and one of the job's selecte
 a registered enclave on the TeeManager at that block (and who owned it; whether it still is), the
 signed output, error code and total time are the log's (so an RPC that rewrites the log is caught),
 and the signature's timestamp and the transaction's block fit the Jobs contract's windows.
+
+What it cannot prove from RPC answers is inclusion: that the transaction and its log are in the
+canonical chain (that would take block headers and receipt proofs). It proves who signed what.
 """
 
 from __future__ import annotations
