@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +19,11 @@ from executor.chain.jobs_contract import (
     submit_output_calldata,
 )
 from executor.chain.signer import EnclaveKey, recover_signer
+from executor.cli import build_parser
 from executor.commands.verify import OutputReport, Verdict, _check_signed_fields
 from executor.sandbox.usage import JobProcessProbe, ProcessUsage
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = EnclaveKey.from_secret(bytes(range(1, 33)))
 AT = LogPosition(address="0x" + "11" * 20, block_number=5, log_index=0, tx_hash="0x" + "22" * 32)
 
@@ -110,3 +113,15 @@ async def test_probe_says_unknown_when_no_child_ran() -> None:
     async with JobProcessProbe() as probe:
         await asyncio.sleep(0.02)
     assert probe.usage == ProcessUsage(None, None)
+
+
+@pytest.mark.parametrize("command", ["run", "replay", "verify"])
+def test_every_option_of_the_dapp_commands_is_in_the_dapp_guide(command: str) -> None:
+    guide = (REPO_ROOT / "docs" / "dapp.md").read_text()
+    assert f"oyster-executor {command}" in guide
+    parser = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    assert "exit status" in parser.format_help()
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option not in ("-h", "--help"):
+                assert f"`{option}" in guide, f"{command} {option} is not in docs/dapp.md"
