@@ -179,6 +179,8 @@ async def test_replay_of_a_genuine_answer_matches(
 
     report = (await replay(anvil.http_url, devnet, job_id, "--json")).json()
     assert report["job_id"] == job_id and report["all_match"] is True
+    created = await devnet.w3.eth.get_block(report["created_block"])
+    assert report["created_block_hash"] == created["hash"].to_0x_hex()
     assert report["replay"]["output_hex"] == "0x" + b"echo:hello".hex()
     assert [o["matches"] for o in report["outputs"]] == [True]
 

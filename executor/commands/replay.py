@@ -284,6 +284,7 @@ def _as_json(
     return {
         "job_id": job.job_id,
         "created_block": job.position.block_number,
+        "created_block_hash": job.position.block_hash,
         "created_tx": job.position.tx_hash,
         "created_at": record.created_at,
         "superseded_blocks": [old.position.block_number for old in record.superseded],
