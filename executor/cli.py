@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "executor.commands.admin",
     "executor.commands.doctor",
     "executor.commands.owner",
+    "executor.commands.replay",
+    "executor.commands.verify",
 )
 
 

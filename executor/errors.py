@@ -20,6 +20,10 @@ class ConfigError(ExecutorError, ValueError):
         super().__init__(f"config key '{key}': {reason}")
 
 
+class UsageError(ExecutorError, ValueError):
+    """A command was given arguments it cannot work with (exit status 2)."""
+
+
 class KeyFileError(ExecutorError, ValueError):
     """A key file is missing, unreadable or malformed."""
 

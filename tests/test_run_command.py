@@ -134,7 +134,7 @@ def test_missing_slices_and_bad_usage_exit_2(tmp_path: Path) -> None:
     code = write(tmp_path, "echo.js", ECHO_JS)
     result = run(code, "--cgroup-parent", tmp_path)
     assert result.returncode == 2
-    assert "cgroup_setup.sh" in result.stderr and "--unconfined" in result.stderr
+    assert "cgroup_setup.sh" in result.stderr and "--limits none" in result.stderr
     assert "Traceback" not in result.stderr
 
     result = run(tmp_path / "missing.js", "--unconfined")
@@ -143,3 +143,57 @@ def test_missing_slices_and_bad_usage_exit_2(tmp_path: Path) -> None:
     result = run("--help")
     assert result.returncode == 0
     assert "exit status" in result.stdout and "14 deadline passed" in result.stdout
+
+
+HEAP_JS = b"""
+export default {
+  async fetch(request) {
+    const keep = [];
+    for (let i = 0; i < 40; i++) keep.push(new Uint8Array(4 * 1024 * 1024).fill(i + 1));
+    return new Response("kept " + keep.length * 4 + " MiB");
+  }
+};
+"""
+
+
+@pytest.mark.parametrize("path_flags", [(), ("--cold",)], ids=["warm", "cold"])
+def test_report_shows_a_heap_hungry_functions_peak_memory(
+    parent: Path, tmp_path: Path, path_flags: tuple[str, ...]
+) -> None:
+    code = write(tmp_path, "heap.js", HEAP_JS)
+    result = run(code, "--cgroup-parent", parent, "--json", *path_flags)
+    limits_enforced = SlicePool.discover(parent).limits().enforced
+    if limits_enforced:  # the slice's 100M memory.max stops it: no "kept 160 MiB" answer
+        assert b"kept 160 MiB" not in result.stdout.encode(), result.stdout
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["output"] == "kept 160 MiB"
+    assert report["limits"] == "production" and report["limits_enforced"] is False
+    assert report["peak_memory_bytes"] > 160 * 1024 * 1024  # 160 MiB of arrays, resident
+    assert report["memory_limit_bytes"] == 100 * 1024 * 1024
+    assert report["cpu_time_ms"] > 0 and report["wall_time_ms"] >= report["total_time_ms"] - 1
+
+    text = run(code, "--cgroup-parent", parent, *path_flags).stdout
+    assert "peak memory: " in text and "OVER it: a production executor stops the job" in text
+    assert "limits: production slice, but memory/cpu limits NOT enforced" in text
+
+
+def test_report_of_a_small_function(parent: Path, tmp_path: Path) -> None:
+    code = write(tmp_path, "echo.js", ECHO_JS)
+    result = run(code, "--cgroup-parent", parent, "--input", "hi")
+    assert result.returncode == 0, result.stderr
+    report = result.stdout.split("report:\n", 1)[1].splitlines()
+    assert report[0].startswith("  wall time: ") and report[1].startswith("  cpu time: ")
+    assert "within it" in report[2]  # an echo stays far below the slice's memory limit
+    assert report[3] == "  output size: 7 of 20480 bytes (0.0% of the cap)"
+    assert report[4] == "  error code for the chain: 0 (OK)"
+
+
+def test_report_of_an_oversized_output_and_limits_none(tmp_path: Path) -> None:
+    code = write(tmp_path, "big.js", sized_js(20481))
+    result = run(code, "--limits", "none")
+    assert result.returncode == 15, result.stdout + result.stderr
+    assert "output size: over the 20480-byte cap (error code 5)" in result.stdout
+    assert "limits: none (no cgroup slice" in result.stdout
+    assert "UNCONFINED" in result.stderr

@@ -137,33 +137,43 @@ class CodeFetcher:
 
     async def _from_endpoint(self, client: AsyncWeb3, key: str) -> VerifiedCode | None:
         """The verified code from one endpoint; None when it does not know the transaction."""
-        raw = await self._raw_transaction(client, key)
+        raw = await signed_tx_bytes(client, key)
         if raw is None:
-            # No raw method, or a null answer: rebuild the signed envelope from the JSON view,
-            # which is then held to exactly the same hash check.
-            tx = await _call(client, "eth_getTransactionByHash", key)
-            if tx is None:
-                return None
-            if not isinstance(tx, dict):
-                raise RawTxError("eth_getTransactionByHash did not answer an object")
-            raw = envelope_from_json(tx)
+            return None
         return VerifiedCode.from_signed_bytes(key, raw, self._code_contract)
 
-    async def _raw_transaction(self, client: AsyncWeb3, key: str) -> bytes | None:
-        try:
-            result = await _call(client, "eth_getRawTransactionByHash", key)
-        except RpcCallError as e:
-            if e.method_missing:
-                return None
-            raise
-        if result is None or result in ("0x", ""):
+
+async def signed_tx_bytes(client: AsyncWeb3, key: str) -> bytes | None:
+    """What one endpoint serves as the signed bytes of transaction ``key`` (0x hash), UNVERIFIED:
+    the caller must check them against the hash (``rawtx.verify_raw_tx``). None: not found."""
+    raw = await _raw_transaction(client, key)
+    if raw is None:
+        # No raw method, or a null answer: rebuild the signed envelope from the JSON view,
+        # which is then held to exactly the same hash check.
+        tx = await _call(client, "eth_getTransactionByHash", key)
+        if tx is None:
             return None
-        if not isinstance(result, str) or not result.startswith("0x"):
-            raise RawTxError("eth_getRawTransactionByHash did not answer hex data")
-        try:
-            return bytes.fromhex(result[2:])
-        except ValueError as e:
-            raise RawTxError("eth_getRawTransactionByHash answered malformed hex") from e
+        if not isinstance(tx, dict):
+            raise RawTxError("eth_getTransactionByHash did not answer an object")
+        raw = envelope_from_json(tx)
+    return raw
+
+
+async def _raw_transaction(client: AsyncWeb3, key: str) -> bytes | None:
+    try:
+        result = await _call(client, "eth_getRawTransactionByHash", key)
+    except RpcCallError as e:
+        if e.method_missing:
+            return None
+        raise
+    if result is None or result in ("0x", ""):
+        return None
+    if not isinstance(result, str) or not result.startswith("0x"):
+        raise RawTxError("eth_getRawTransactionByHash did not answer hex data")
+    try:
+        return bytes.fromhex(result[2:])
+    except ValueError as e:
+        raise RawTxError("eth_getRawTransactionByHash answered malformed hex") from e
 
 
 async def _call(client: AsyncWeb3, method: str, key: str) -> Any:

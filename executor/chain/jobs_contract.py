@@ -15,7 +15,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from eth_abi import encode
+from eth_abi import decode, encode
+from eth_abi.exceptions import DecodingError
 from eth_utils import function_signature_to_4byte_selector, keccak
 
 from executor.chain.signer import EnclaveKey, domain_separator, typed_digest
@@ -94,6 +95,38 @@ def submit_output_calldata(
     return SUBMIT_OUTPUT_SELECTOR + encode(
         ["bytes", *(t for _, t in SUBMIT_OUTPUT_FIELDS)],
         [signature, job_id, output, total_time, error_code, sign_timestamp],
+    )
+
+
+@dataclass(frozen=True)
+class SubmitOutputCall:
+    """The arguments of one ``submitOutput`` call, as decoded from its calldata."""
+
+    signature: bytes
+    job_id: int
+    output: bytes
+    total_time: int
+    error_code: int
+    sign_timestamp: int
+
+    def digest(self) -> bytes:
+        """The ``SubmitOutput`` digest of what this call claims was signed."""
+        return submit_output_digest(
+            self.job_id, self.output, self.total_time, self.error_code, self.sign_timestamp
+        )
+
+
+def decode_submit_output_calldata(calldata: bytes) -> SubmitOutputCall | None:
+    """The arguments of a ``submitOutput`` call; None when ``calldata`` is not one."""
+    if calldata[:4] != SUBMIT_OUTPUT_SELECTOR:
+        return None
+    try:
+        values = decode(["bytes", *(t for _, t in SUBMIT_OUTPUT_FIELDS)], calldata[4:])
+    except (DecodingError, OverflowError, ValueError):
+        return None
+    signature, job_id, output, total_time, error_code, sign_timestamp = values
+    return SubmitOutputCall(
+        bytes(signature), job_id, bytes(output), total_time, error_code, sign_timestamp
     )
 
 
