@@ -17,6 +17,8 @@ without cache must give the same file tree (``make image-manifest``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import re
@@ -169,9 +171,7 @@ def test_locked_dependencies_are_the_products_runtime_ones() -> None:
     assert not {"oyster-devnet", "oyster-executor"} & pinned
 
 
-def test_the_supervisor_starts_every_enclave_process_with_commands_that_parse(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_the_supervisor_starts_every_enclave_process_with_commands_that_parse() -> None:
     sys.path.insert(0, str(ROOT / "enclave"))
     try:
         from oyster_enclave import attestation, dns, proxy, supervise
@@ -198,7 +198,7 @@ def test_the_supervisor_starts_every_enclave_process_with_commands_that_parse(
         module = parsers[argv[2]]
         assert argv[1] == "-m", name
         # every command's options are its module's own: --help of the same argv exits 0
-        with pytest.raises(SystemExit) as done:
+        with pytest.raises(SystemExit) as done, contextlib.redirect_stdout(io.StringIO()):
             module.main([*argv[3:], "--help"])
         assert done.value.code == 0, name
     assert programs["outbound"][-1] == "vsock:3:1200"
@@ -358,8 +358,11 @@ async def test_the_image_boots_registers_and_answers_jobs_on_chain(
     (host / "config.json").write_text(json.dumps(config))
     cgroup_parent = f"oyster-test-image-{os.getpid()}"
 
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="hello from the host")
+
     app = web.Application()
-    app.router.add_get("/hello", lambda _: web.Response(text="hello from the host"))
+    app.router.add_get("/hello", hello)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
