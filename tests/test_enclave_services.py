@@ -201,7 +201,6 @@ def test_cbor_round_trips_what_the_nsm_speaks() -> None:
     assert cbor.decode(raw) == value
     for v in (0, 23, 24, 255, 256, 65536, 2**32, -1, -1000, True, False, [1, "a", b"b"], "é"):
         assert cbor.decode(cbor.encode(v)) == v
-    assert cbor.decode(bytes([0xC6 << 0 | 0, 0x01])) if False else True
     assert cbor.decode(b"\xd8\x18\x41\x07") == b"\x07"  # tag 24 around bytes: the content
     for bad in (b"\x5f", b"\x42\x01", b"\xf9\x00\x00", b"\x01\x02"):
         with pytest.raises(ValueError):
@@ -255,6 +254,28 @@ def test_an_attestation_request_goes_through_the_real_ioctl_structure(tmp_path: 
         nsm.Nsm(str(device), FakeNsm({"Attestation": {}})).attestation(b"k")
     with pytest.raises(nsm.NsmError, match="cannot open /nonexistent/nsm"):
         nsm.Nsm("/nonexistent/nsm").attestation(b"k")
+
+
+def test_an_attestation_document_s_fields_decode() -> None:
+    payload = {
+        "module_id": "i-0abc-enc0",
+        "digest": "SHA384",
+        "timestamp": 1_700_000_000_000,
+        "pcrs": {0: b"\x00" * 48, 1: b"\x01" * 48, 2: b"\x02" * 48},
+        "certificate": b"cert",
+        "cabundle": [b"root", b"inter"],
+        "public_key": b"\x05" * 64,
+        "user_data": b"",
+        "nonce": None,
+    }
+    # COSE_Sign1: tag 18 around [protected header {1: -35 (ES384)}, {}, payload, signature]
+    document = b"\xd2" + cbor.encode([b"\xa1\x01\x38\x22", {}, cbor.encode(payload), b"s" * 96])
+    fields = nsm.document_fields(document)
+    assert fields == payload and fields["pcrs"][2] == b"\x02" * 48
+    with pytest.raises(nsm.NsmError, match="not an attestation document"):
+        nsm.document_fields(cbor.encode([b"", {}, cbor.encode({"a": 1}), b""]))
+    with pytest.raises(nsm.NsmError, match="not an attestation document"):
+        nsm.document_fields(b"COSE:nothing")
 
 
 def test_the_real_ioctl_on_a_file_that_is_not_the_device_is_a_clear_error(tmp_path: Path) -> None:
@@ -385,6 +406,35 @@ async def test_an_unreachable_doh_server_gives_servfail() -> None:
         await resolver.close()
     assert reply[:2] == b"\0\x09" and reply[3] & 0x0F == dns.SERVFAIL
     assert dns.min_ttl(a_answer(a_query("x.test"), "192.0.2.1", 42)) == 42
+
+
+# --- the image build's workerd download -----------------------------------------------------
+
+
+def test_workerd_is_taken_from_the_lock_and_refused_unless_its_hash_matches() -> None:
+    sys.path.insert(0, str(ROOT / "enclave"))
+    try:
+        import fetch_workerd  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(ROOT / "enclave"))
+    import base64
+    import hashlib
+    import json
+
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    version, integrity = fetch_workerd.locked(lock, "@cloudflare/workerd-linux-64")
+    assert integrity.startswith("sha512-")
+    assert version == lock["packages"]["node_modules/workerd"]["version"]
+    assert fetch_workerd.tarball_url("https://r.test", "@cloudflare/workerd-linux-64", version) == (
+        f"https://r.test/@cloudflare/workerd-linux-64/-/workerd-linux-64-{version}.tgz"
+    )
+    data = b"tarball"
+    good = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    fetch_workerd.check_integrity(data, good, "x")
+    with pytest.raises(SystemExit, match="differs from the lock"):
+        fetch_workerd.check_integrity(data + b"!", good, "x")
+    with pytest.raises(SystemExit, match="not pinned"):
+        fetch_workerd.locked({"packages": {}}, "workerd")
 
 
 # --- supervision ----------------------------------------------------------------------------

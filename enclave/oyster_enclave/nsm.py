@@ -106,3 +106,22 @@ class Nsm:
         if not isinstance(document, bytes):
             raise NsmError(f"NSM answered no attestation document: {str(answer)[:200]}")
         return document
+
+
+def document_fields(document: bytes) -> dict[str, Any]:
+    """The payload of an attestation document: ``module_id``, ``timestamp`` (ms), ``pcrs``
+    (index -> bytes), ``public_key``, ``user_data``, ``nonce``, ``certificate``, ``cabundle``.
+
+    It only decodes: the COSE signature and the certificate chain to the AWS Nitro root are NOT
+    checked here (an attestation verifier does that before the chain trusts the document).
+    """
+    try:
+        envelope = cbor.decode(document)
+        if not isinstance(envelope, list) or len(envelope) != 4:
+            raise ValueError("not a COSE_Sign1 array of 4")
+        payload = cbor.decode(envelope[2])
+    except (ValueError, TypeError) as e:
+        raise NsmError(f"not an attestation document: {e}") from e
+    if not isinstance(payload, dict) or "pcrs" not in payload:
+        raise NsmError("not an attestation document: no pcrs in its payload")
+    return payload
