@@ -84,6 +84,12 @@ class PrivateEngine:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # dockerd leaves its default network namespace mounted under the exec root: unmount
+        # whatever it left under this folder, so that nothing of the engine outlives it.
+        with open("/proc/self/mounts") as mounts:
+            left = [line.split()[1] for line in mounts if f" {self.folder}/" in line]
+        for mountpoint in reversed(left):
+            subprocess.run(["umount", mountpoint], capture_output=True)
 
 
 def make_local_base(env: dict[str, str], cache: Path) -> str:
