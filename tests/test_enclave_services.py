@@ -398,6 +398,21 @@ async def test_dns_queries_are_answered_over_doh_and_cached(doh: tuple[str, list
         await resolver.close()
 
 
+def test_an_answer_too_large_for_udp_is_truncated_for_a_retry_over_tcp() -> None:
+    query = a_query("big.test", 5)
+    answer = a_answer(query, "192.0.2.1", 60)
+    big = answer[:6] + struct.pack("!H", 40) + answer[8:] + answer[len(query) :] * 39
+    assert len(big) > 512
+    cut = dns.fit_udp(query, big)
+    assert cut[:2] == b"\0\x05" and cut[2] & 0x02  # TC
+    assert cut[12:] == query[12:] and struct.unpack_from("!HH", cut, 4) == (1, 0)
+    assert dns.fit_udp(query, answer) == answer
+    # EDNS (an OPT record advertising 4096 bytes): the big answer fits
+    opt = b"\0" + struct.pack("!HHIH", 41, 4096, 0, 0)
+    edns = query[:10] + b"\0\x01" + query[12:] + opt
+    assert dns.fit_udp(edns, big) == big
+
+
 async def test_an_unreachable_doh_server_gives_servfail() -> None:
     resolver = dns.Resolver("http://127.0.0.1:1/dns-query", timeout_s=2)
     try:

@@ -63,6 +63,28 @@ def servfail(query: bytes) -> bytes:
     return query[:2] + struct.pack("!H", flags) + query[4:6] + b"\0\0\0\0\0\0" + query[12:]
 
 
+def fit_udp(query: bytes, answer: bytes) -> bytes:
+    """``answer``, or, when it exceeds what the client can take over UDP (512 bytes without EDNS,
+    else its advertised size), its header and question with TC set: the client retries on TCP."""
+    if len(query) < 12 or len(answer) < 12:
+        return answer
+    limit = 512
+    if struct.unpack_from("!H", query, 10)[0]:  # an additional record: the EDNS OPT, usually
+        try:
+            at = _skip_name(query, 12) + 4
+            at = _skip_name(query, at)
+            rtype, size = struct.unpack_from("!HH", query, at)
+            if rtype == 41:
+                limit = max(512, size)
+        except (struct.error, IndexError):
+            pass
+    if len(answer) <= limit:
+        return answer
+    question_end = _skip_name(answer, 12) + 4
+    flags = struct.unpack_from("!H", answer, 2)[0] | 0x0200  # TC
+    return answer[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + answer[12:question_end]
+
+
 class Resolver:
     def __init__(self, upstream: str, *, max_ttl: int = 300, timeout_s: float = 5.0) -> None:
         self.upstream = upstream
@@ -128,7 +150,7 @@ class _Udp(asyncio.DatagramProtocol):
         task.add_done_callback(self.tasks.discard)
 
     async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
-        answer = await self.resolver.answer(data)
+        answer = fit_udp(data, await self.resolver.answer(data))
         if answer and self.transport is not None:
             self.transport.sendto(answer, addr)
 
