@@ -7,7 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP_PY  := $(VENV)/.setup-stamp
 STAMP_NPM := node_modules/.setup-stamp
 
-.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean lock image
+.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean lock image \
+	image-test image-manifest
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -64,8 +65,20 @@ lock:
 	rm -rf .lock-venv build
 
 # The enclave image (needs a Docker engine), then `nitro-cli build-enclave` (docs/operator.md).
+# IMAGE_BUILD_ARGS passes build arguments, e.g. "--build-arg BASE=... --build-arg BUILD_CA=ca.crt".
+IMAGE ?= oyster-executor:enclave
 image:
-	docker build -f Dockerfile.nitro -t oyster-executor:enclave .
+	docker build -f Dockerfile.nitro -t $(IMAGE) $(IMAGE_BUILD_ARGS) .
+
+# "sha256  mode  path" of every file of $(IMAGE): two builds from one commit list the same lines.
+image-manifest: setup
+	$(PY) enclave/image_tool.py manifest $(IMAGE)
+
+# Builds the image on a private Docker engine (started and stopped here; root, docker.io and
+# debootstrap needed) from a locally made Debian base, boots it, registers it on a devnet and
+# checks real jobs answered on chain; then rebuilds without cache and compares the file trees.
+image-test: setup
+	OYSTER_IMAGE_TEST=1 $(PY) -m pytest tests/test_enclave_image.py -s -q
 
 # Sandbox latency, then the whole daemon on anvil (see BENCHMARKS.md; takes a few minutes).
 # BENCH_E2E_ARGS="--rss-jobs 1000 --compare-cold --profile" gives the full figures.

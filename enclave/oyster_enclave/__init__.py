@@ -1,0 +1,1 @@
+"""What runs beside the executor inside the enclave image: networking, attestation, supervision."""
