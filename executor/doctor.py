@@ -21,6 +21,8 @@ from typing import Any
 import aiohttp
 
 from executor import redact
+from executor.chain import rpc
+from executor.chain.rpc import RpcCallError
 from executor.chain.signer import EnclaveKey
 from executor.config import Settings, ws_url_with_key
 from executor.errors import ExecutorError
@@ -239,12 +241,8 @@ def check_vsock() -> Check:
 async def _http_rpc(
     session: aiohttp.ClientSession, url: str, method: str, params: list[Any]
 ) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    async with session.post(url, json=body) as response:
-        reply = await response.json(content_type=None)
-    if not isinstance(reply, dict) or "result" not in reply:
-        raise ValueError(f"{method} answered {str(reply)[:200]}")
-    return reply["result"]
+    async with session.post(url, json=rpc.request(method, params)) as response:
+        return rpc.result_of(method, await response.json(content_type=None))
 
 
 async def check_http_rpcs(settings: Settings) -> tuple[list[Check], str | None]:
@@ -258,7 +256,7 @@ async def check_http_rpcs(settings: Settings) -> tuple[list[Check], str | None]:
             try:
                 chain_id = int(await _http_rpc(session, url, "eth_chainId", []), 16)
                 block = int(await _http_rpc(session, url, "eth_blockNumber", []), 16)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, RpcCallError) as e:
                 checks.append(
                     fail(name, f"{url}: unreachable ({e or type(e).__name__})", "check the URL")
                 )
@@ -287,11 +285,11 @@ async def check_ws(url: str, api_key: str) -> Check:
             aiohttp.ClientSession(timeout=timeout) as session,
             session.ws_connect(full) as ws,
         ):
-            await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}))
+            await ws.send_str(json.dumps(rpc.request("eth_chainId", [])))
             async with asyncio.timeout(RPC_TIMEOUT_S):
                 reply = json.loads((await ws.receive()).data)
-        chain_id = int(reply["result"], 16)
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
+        chain_id = int(rpc.result_of("eth_chainId", reply), 16)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, TypeError, RpcCallError) as e:
         hint = "check web_socket_url" + ("" if api_key else " (pass --ws-api-key if it needs one)")
         return fail(name, f"{url}: unreachable ({e or type(e).__name__})", hint)
     return ok(name, f"{url}: answers (chain id {chain_id})")
@@ -308,7 +306,7 @@ async def check_contracts(settings: Settings, url: str | None) -> list[Check]:
             address = getattr(settings, key)
             try:
                 code = await _http_rpc(session, url, "eth_getCode", [address, "latest"])
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, RpcCallError) as e:
                 checks.append(fail("contract", f"{key} {address}: cannot read ({e})", ""))
                 continue
             size = (len(code) - 2) // 2 if isinstance(code, str) else 0
