@@ -31,9 +31,8 @@ STUCK_BLOCKS = 3
 STUCK_MIN_S = 3.0
 """... once it has also waited this long. Blocks alone mislead where they come faster than the
 manager reads the chain: on a node that mines a block per transaction (anvil's automine), a burst
-of outputs is a burst of blocks, and outputs that were being mined looked stuck; each replacement
-was a block of its own, making more look stuck (the end-to-end benchmark saw 800 replacements in
-18 s, with outputs stalled until their window closed)."""
+of outputs is a burst of blocks, so outputs being mined would look stuck, and each replacement,
+a block of its own, would make more look stuck (BENCHMARKS.md, "What each change measured")."""
 RECHECK_S = 2.0
 """While no block comes, a pending transaction is looked up in the pool this often."""
 STALL_GRACE_S = 3.0

@@ -1,14 +1,13 @@
 """The one HTTP request the sandbox makes per job: a POST to a local workerd, on a connection of its
 own, read up to a bound.
 
-aiohttp's client cost ~0.7 ms per request here (measured on the warm path's loader request: 10.1
-against 9.4 ms), on every job's critical path. This is all the sandbox needs of HTTP/1.1: it sends
-exactly ``Host``, ``Content-Length`` and ``Connection: close`` (the request headers a job's worker
-has always seen), then reads the status line, the headers and a body framed by ``Content-Length``,
-by chunks, or by the end of the connection. It keeps at most the ``limit`` bytes of body its caller
-asks for (its cap + 1) and reads no further. Anything that is not a well-formed HTTP/1.x response,
-or a connection that breaks, raises :class:`HttpError`; the sandbox turns that into its own failure
-(nothing is submitted), as it did with aiohttp's errors.
+It is lighter than aiohttp's client on every job's critical path (BENCHMARKS.md has the figures).
+This is all the sandbox needs of HTTP/1.1: it sends exactly ``Host``, ``Content-Length`` and
+``Connection: close`` (the request headers a job's worker has always seen), then reads the status
+line, the headers and a body framed by ``Content-Length``, by chunks, or by the end of the
+connection. It keeps at most the ``limit`` bytes of body its caller asks for (its cap + 1) and reads
+no further. Anything that is not a well-formed HTTP/1.x response, or a connection that breaks,
+raises :class:`HttpError`; the sandbox turns that into its own failure (nothing is submitted).
 """
 
 from __future__ import annotations
