@@ -5,39 +5,14 @@ its window, and a job created afterwards is answered (no nonce gap)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
-
-import pytest
 
 from executor.chain.jobs_contract import SUBMIT_OUTPUT_SELECTOR
-from executor.daemon import Daemon
-from oyster_devnet.accounts import DEV_ACCOUNTS
-from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
-from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
-from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
+from tests.chain_helpers import ROLES, Rpc
+from tests.node_helpers import CODE_ECHO, RegisteredNode, wait_until
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 BURST = 4
-
-
-@pytest.fixture
-async def node(
-    tmp_path: Path, anvil: AnvilNode, devnet: Devnet
-) -> AsyncIterator[tuple[Daemon, NodeFiles]]:
-    files = write_node_files(tmp_path / "node", anvil, devnet)
-    async with running_daemon(files) as daemon:
-        await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
-        await wait_registered(daemon)
-        yield daemon, files
-
-
-async def rpc(devnet: Devnet, method: str, *params: Any) -> Any:
-    response = await devnet.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
-    assert "error" not in response, response
-    return response["result"]
 
 
 async def jobs_in_one_block(devnet: Devnet, codehash: str, count: int) -> list[int]:
@@ -52,18 +27,18 @@ async def jobs_in_one_block(devnet: Devnet, codehash: str, count: int) -> list[i
     ]
 
     async def all_pooled() -> bool:
-        status = await rpc(devnet, "txpool_status")
+        status = await Rpc(devnet.w3)("txpool_status")
         return int(status["pending"], 16) == count
 
     await wait_until(all_pooled, timeout=10, what="the createJob txs in the pool")
-    await rpc(devnet, "evm_mine")
+    await Rpc(devnet.w3)("evm_mine")
     return list(await asyncio.gather(*creating))
 
 
 async def test_outputs_land_after_the_pool_is_dropped_while_mining_is_paused(
-    node: tuple[Daemon, NodeFiles], devnet: Devnet
+    registered_node: RegisteredNode, devnet: Devnet
 ) -> None:
-    daemon, files = node
+    daemon, files = registered_node
     assert daemon.service is not None
     txm = daemon.service.txm
     codehash = await devnet.save_code(USER, CODE_ECHO)
@@ -74,7 +49,7 @@ async def test_outputs_land_after_the_pool_is_dropped_while_mining_is_paused(
         await wait_until(
             lambda: txm.in_flight == BURST, timeout=20, what="every output pending in the pool"
         )
-        await rpc(devnet, "anvil_dropAllTransactions")
+        await Rpc(devnet.w3)("anvil_dropAllTransactions")
     finally:
         await devnet.set_automine(True)
     for i, job_id in enumerate(burst):
