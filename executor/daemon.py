@@ -21,8 +21,8 @@ from executor import redact
 from executor.admin.app import build_admin_app
 from executor.admin.secret_store import SecretStoreClient
 from executor.admin.sites import ListenAddress, VsockSite, parse_tcp_addr
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.rpc import RpcEndpoints
-from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
 from executor.metrics import Metrics, metrics_app

@@ -22,8 +22,8 @@ import aiohttp
 
 from executor import redact
 from executor.chain import rpc
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.rpc import RpcCallError
-from executor.chain.signer import EnclaveKey
 from executor.config import Settings, ws_url_with_key
 from executor.errors import ExecutorError
 from executor.sandbox.capnp_config import SCHEMA_ENV, BinaryConfigs, find_schema

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import rlp
 
-from executor.chain.rawtx import LegacyTransaction
+from executor.chain.code.envelope import LegacyTransaction
 from executor.outcome import ErrorCode
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet

@@ -14,8 +14,8 @@ from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor.chain.code import CodeFetcher, FetchedCode
-from executor.chain.code_cache import CodeCache
-from executor.chain.rawtx import LegacyTransaction
+from executor.chain.code.cache import CodeCache
+from executor.chain.code.envelope import LegacyTransaction
 from executor.errors import ChainError
 from executor.outcome import ErrorCode
 from oyster_devnet.accounts import DEV_ACCOUNTS

@@ -23,7 +23,7 @@ import rlp
 from eth_utils import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from executor.chain.rawtx import LegacyTransaction
+from executor.chain.code.envelope import LegacyTransaction
 from executor.daemon import Daemon
 from executor.outcome import ErrorCode
 from oyster_devnet.accounts import DEV_ACCOUNTS

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from eth_abi import encode
 
-from executor.chain.events import JobCreated
+from executor.chain.follow.events import JobCreated
 from executor.node import NodeStatus
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet

@@ -8,14 +8,14 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 
-from executor.chain.events import (
+from executor.chain.follow.events import (
     JOB_EVENTS,
     JobCreated,
     LogRemoved,
     NewHead,
     StreamItem,
 )
-from executor.chain.listener import LogStream
+from executor.chain.follow.listener import LogStream
 from executor.chain.rpc import RpcEndpoints
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode

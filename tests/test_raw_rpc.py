@@ -1,5 +1,5 @@
-"""The one JSON-RPC call helper (executor.chain.rpc) and the raw reads of executor.chain.raw,
-against a real anvil and against bad answers.
+"""The one JSON-RPC call helper (executor.chain.rpc) and the raw reads of
+executor.chain.transactions.reads, against a real anvil and against bad answers.
 
 They replace web3's formatted reads on the per-block paths, so they must agree with web3 on what
 the node said, and reject what a node should never say with a message naming the field.
@@ -13,8 +13,9 @@ import pytest
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
-from executor.chain import raw, rpc
+from executor.chain import rpc
 from executor.chain.rpc import RpcCallError
+from executor.chain.transactions import reads as raw
 from executor.errors import ChainError
 from oyster_devnet.accounts import DEV_ACCOUNTS
 

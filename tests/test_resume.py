@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from executor.chain.events import TeeNodeDrained, TeeNodeRegistered
-from executor.chain.resume import read_node_record
+from executor.chain.enclave_key import EnclaveKey
+from executor.chain.follow.events import TeeNodeDrained, TeeNodeRegistered
+from executor.chain.follow.resume import read_node_record
 from executor.chain.rpc import RpcEndpoints
-from executor.chain.signer import EnclaveKey
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from tests.chain_helpers import ROLES

@@ -26,6 +26,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor.chain.code import CodeFetcher
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.jobs_contract import (
     SUBMIT_OUTPUT_SELECTOR,
     Refusal,
@@ -34,8 +35,7 @@ from executor.chain.jobs_contract import (
     submit_output_calldata,
     submit_output_gas_bound,
 )
-from executor.chain.signer import EnclaveKey
-from executor.chain.txs import TxManager, TxOutcome, TxStatus
+from executor.chain.transactions.manager import TxManager, TxOutcome, TxStatus
 from executor.jobs import JobContext, JobRunner, Slasher
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from oyster_devnet.anvil import AnvilNode
@@ -193,7 +193,7 @@ async def test_a_burst_on_a_chain_that_mines_each_transaction_replaces_nothing(
     a send while the manager has not yet read the nonce that says it was mined. Taking that for a
     stuck transaction replaced outputs that were fine, and each replacement was itself a block (a
     storm of re-priced replacements, seen in the end-to-end benchmark)."""
-    caplog.set_level(logging.INFO, logger="executor.chain.inflight")
+    caplog.set_level(logging.INFO, logger="executor.chain.transactions.inflight")
     jobs = await new_jobs(devnet, [enclave.address], 40, deadline_ms=15_000)
     start = await w3.eth.block_number
 

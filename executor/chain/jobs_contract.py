@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector, keccak
 
-from executor.chain.signer import EnclaveKey, domain_separator, typed_digest
+from executor.chain.enclave_key import EnclaveKey, domain_separator, typed_digest
 
 JOBS_DOMAIN = "marlin.oyster.Jobs"
 

@@ -10,10 +10,10 @@ and ``clients``, one ``AsyncWeb3`` per endpoint (the code fetcher asks them in t
 endpoint whose answer fails verification; raw transactions are broadcast to all of them).
 
 ``call`` is the one way the executor makes a JSON-RPC call without web3's request pipeline (the
-transaction reads of ``raw``, the code fetcher); ``request`` and ``result_of`` are its two halves
-for callers with their own transport (``doctor``). An error answer raises ``RpcCallError``, a
-``Web3RPCError`` as web3 would raise it (so ``txpolicy.classify_rpc_error`` reads it the same way)
-that is also a ``ChainError``.
+reads of ``transactions.reads``, the code fetcher); ``request`` and ``result_of`` are its two
+halves for callers with their own transport (``doctor``). An error answer raises
+``RpcCallError``, a ``Web3RPCError`` as web3 would raise it (``transactions.policy`` classifies it
+the same way) that is also a ``ChainError``.
 
 Endpoint URLs may carry API keys: they appear in logs only through ``executor.redact.url``.
 """

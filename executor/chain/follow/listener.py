@@ -48,7 +48,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import BlockNotFound, Web3Exception
 
 from executor import redact
-from executor.chain.events import (
+from executor.chain.follow.events import (
     ChainEvent,
     EventDecodeError,
     LogPosition,
@@ -56,8 +56,8 @@ from executor.chain.events import (
     StreamItem,
     decode_log,
 )
-from executor.chain.window import ChainWindow
-from executor.chain.wsmessages import parse_head, parse_log, parse_notification
+from executor.chain.follow.window import ChainWindow
+from executor.chain.follow.wsmessages import parse_head, parse_log, parse_notification
 from executor.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)

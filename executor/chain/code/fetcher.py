@@ -5,7 +5,7 @@ The user's code is never stored in contract state: it is the ``inputData`` argum
 ``saveCodeInCallData(string,bytes)`` call in the transaction whose hash is the job's ``codehash``
 (docs/protocol.md §3 step 1). The RPC nodes are outside the enclave and may lie, so the code is read
 only from the transaction's signed bytes after checking that they hash to ``codehash``
-(``executor.chain.rawtx``); the JSON fields an RPC reports are never used directly.
+(``executor.chain.code.envelope``); the JSON fields an RPC reports are never used directly.
 
 Endpoints are asked in order; one that fails or whose answer does not verify is skipped for the
 next. Problems the protocol names become error codes (1: no such transaction, wrong recipient, or
@@ -26,10 +26,10 @@ from web3.exceptions import Web3Exception
 
 from executor import redact
 from executor.chain import rpc
-from executor.chain.code_cache import CodeCache, VerifiedCode, normalize_codehash
-from executor.chain.rawtx import envelope_from_json
+from executor.chain.code.cache import CodeCache, VerifiedCode, normalize_codehash
+from executor.chain.code.calldata import SAVE_CODE_SELECTOR, decode_code_calldata
+from executor.chain.code.envelope import envelope_from_json
 from executor.chain.rpc import RpcCallError
-from executor.chain.user_code import SAVE_CODE_SELECTOR, decode_code_calldata
 from executor.errors import ChainError, RawTxError, TxHashMismatch
 from executor.outcome import ErrorCode
 

@@ -1,7 +1,7 @@
 """Transactions sent and not yet mined, and what the manager's loop does with them each tick.
 
 Per new block, one ``eth_getTransactionCount(latest)`` per account tells which nonces are mined;
-only those transactions' receipts are read (raw: :mod:`.raw`). A pending one is replaced on its
+only those transactions' receipts are read (raw: :mod:`.reads`). A pending one is replaced on its
 nonce when stuck or underpriced, sent again when the node forgot it, and withdrawn (a 0-value
 self-transfer on its nonce) when its window closed or its submitter gave up.
 """
@@ -19,9 +19,9 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from executor.chain import raw
-from executor.chain.head import ChainHead
-from executor.chain.txpolicy import Fees, RpcFailure, revert_data
+from executor.chain.transactions import reads as raw
+from executor.chain.transactions.head import ChainHead
+from executor.chain.transactions.policy import Fees, RpcFailure, revert_data
 from executor.logs import job_label
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ the raw JSON result (through ``executor.chain.rpc.call``), and read only the qua
 caller needs.
 
 A JSON-RPC error is raised as ``RpcCallError``, a ``Web3RPCError`` as web3 would raise it, so
-callers classify it the same way (``txpolicy.classify_rpc_error``).
+callers classify it the same way (``policy.classify_rpc_error``).
 """
 
 from __future__ import annotations
