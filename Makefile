@@ -30,10 +30,11 @@ demo: setup
 	$(PY) -m oyster_devnet.cli demo
 
 # The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices), in
-# parallel: TEST_WORKERS pytest-xdist workers (each with its own anvils, ports and slice numbers;
-# tests that must share one worker name an xdist_group). TEST_WORKERS=0 runs them in one process.
+# parallel: TEST_WORKERS pytest-xdist workers, each with its own anvils, ports and slice numbers;
+# a test file stays on one worker (its module fixtures are built once). TEST_WORKERS=0 runs them
+# in one process.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy executor devnet/oyster_devnet benchmarks
