@@ -7,8 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP_PY  := $(VENV)/.setup-stamp
 STAMP_NPM := node_modules/.setup-stamp
 
-.PHONY: setup demo test lint typecheck contracts cgroups cgroups-remove bench clean lock image \
-	image-test image-manifest
+.PHONY: setup demo test test-unit test-integration lint typecheck contracts cgroups cgroups-remove \
+	bench clean lock image image-test image-manifest
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -30,11 +30,24 @@ $(STAMP_NPM): package.json package-lock.json
 demo: setup
 	$(PY) -m oyster_devnet.cli demo
 
-# The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices).
+# The whole suite: lint, types, then the tests (real anvil, workerd and cgroup slices), in
+# parallel: TEST_WORKERS pytest-xdist workers, each with its own anvils, ports and slice numbers;
+# a test file stays on one worker (its module fixtures are built once). TEST_WORKERS=0 runs them
+# in one process.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy executor devnet/oyster_devnet benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
+
+# The fast unit tests only: nothing that starts anvil or workerd (markers in pyproject.toml).
+test-unit: setup
+	$(PY) -m pytest -m "not chain and not workerd" $(PYTEST_PARALLEL)
+
+# The chain and workerd integration tests only.
+test-integration: setup
+	$(PY) -m pytest -m "chain or workerd" $(PYTEST_PARALLEL)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,7 @@ from eth_account import Account
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
-from executor.chain import raw as rawrpc
+from executor.chain.transactions import reads as rawrpc
 from oyster_devnet.accounts import DevAccount
 from oyster_devnet.contracts import Devnet
 

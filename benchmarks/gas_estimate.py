@@ -23,13 +23,13 @@ from typing import Any
 from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.jobs_contract import (
     result_callback_calldata,
     sign_output,
     submit_output_calldata,
 )
-from executor.chain.signer import EnclaveKey
-from executor.chain.txsign import sign_dynamic_fee_tx
+from executor.chain.transactions.signing import sign_dynamic_fee_tx
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import start_anvil
 from oyster_devnet.contracts import deploy_devnet

@@ -23,14 +23,14 @@ from executor import __version__, redact
 from executor.admin.app import build_admin_app
 from executor.admin.secret_store import SecretStoreClient
 from executor.admin.sites import ListenAddress, VsockSite, parse_tcp_addr
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.rpc import RpcEndpoints
-from executor.chain.signer import EnclaveKey
 from executor.config import DEFAULT_SHUTDOWN_GRACE_S, Settings
 from executor.errors import ConfigError, ExecutorError
 from executor.health import CHAIN_GRACE_S, NodeHealth, PartsDown, SandboxWatch, no_parts_down
 from executor.metrics import Metrics, metrics_app
-from executor.sandbox import Sandbox
 from executor.outcome import JobOutcome
+from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
 from executor.sandbox.outbound import OutboundBudget
 from executor.service import ExecutorService

@@ -32,16 +32,18 @@ from eth_utils import function_signature_to_4byte_selector
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
 from executor.canary import run_canary
-from executor.chain.events import JOB_EVENTS, NODE_EVENTS, ChainEvent
+from executor.chain import rpc
+from executor.chain.code import SAVE_CODE_SELECTOR
+from executor.chain.enclave_key import EnclaveKey
+from executor.chain.follow import JOB_EVENTS, NODE_EVENTS, ChainEvent
 from executor.chain.jobs_contract import SLASH_SELECTOR, SUBMIT_OUTPUT_SELECTOR
 from executor.chain.requirements import min_storage_capacity, storage_capacity_problem
-from executor.chain.signer import EnclaveKey
-from executor.chain.user_code import SAVE_CODE_SELECTOR
+from executor.chain.rpc import RpcCallError
 from executor.config import Settings, ws_url_with_key
 from executor.errors import ExecutorError, NoFreeSliceError, SecretStoreError
+from executor.sandbox import Sandbox
 from executor.sandbox.capnp_config import SCHEMA_ENV, BinaryConfigs, find_schema
 from executor.sandbox.cgroups import SlicePool, find_cgroup2_mount
-from executor.sandbox import Sandbox
 from executor.sandbox.warm import ARM_TIMEOUT_S
 
 RPC_TIMEOUT_S = 5.0
@@ -454,19 +456,15 @@ async def check_vsock(ctx: Context) -> Check:
 async def _http_rpc(
     session: aiohttp.ClientSession, url: str, method: str, params: list[Any]
 ) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    async with session.post(url, json=body) as response:
-        reply = await response.json(content_type=None)
-    if not isinstance(reply, dict) or "result" not in reply:
-        raise ValueError(f"{method} answered {str(reply)[:200]}")
-    return reply["result"]
+    async with session.post(url, json=rpc.request(method, params)) as response:
+        return rpc.result_of(method, await response.json(content_type=None))
 
 
 def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RPC_TIMEOUT_S))
 
 
-_RPC_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
+_RPC_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, ValueError, RpcCallError)
 
 
 async def check_http_rpcs(ctx: Context) -> list[Check]:
@@ -512,11 +510,11 @@ async def check_ws(url: str, api_key: str) -> Check:
     full = ws_url_with_key(url, api_key)
     try:
         async with _session() as session, session.ws_connect(full) as ws:
-            await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}))
+            await ws.send_str(json.dumps(rpc.request("eth_chainId", [])))
             async with asyncio.timeout(RPC_TIMEOUT_S):
                 reply = json.loads((await ws.receive()).data)
-        chain_id = int(reply["result"], 16)
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
+        chain_id = int(rpc.result_of("eth_chainId", reply), 16)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, TypeError, RpcCallError) as e:
         hint = "check web_socket_url" + ("" if api_key else " (pass --ws-api-key if it needs one)")
         return fail(name, f"{url}: unreachable ({e or type(e).__name__})", hint)
     return ok(name, f"{url}: answers (chain id {chain_id})")

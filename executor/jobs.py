@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from executor.chain.code import CodeFetcher
-from executor.chain.events import JobCreated
+from executor.chain.enclave_key import EnclaveKey
+from executor.chain.follow import JobCreated
 from executor.chain.jobs_contract import (
     Refusal,
     classify_revert,
@@ -33,8 +34,7 @@ from executor.chain.jobs_contract import (
     submit_output_calldata,
     submit_output_gas_bound,
 )
-from executor.chain.signer import EnclaveKey
-from executor.chain.txs import DEFAULT_GAS_CEILING, TxManager, TxOutcome, TxStatus
+from executor.chain.transactions import DEFAULT_GAS_CEILING, TxManager, TxOutcome, TxStatus
 from executor.errors import ChainError, SandboxError
 from executor.logs import job_label
 from executor.metrics import NO_METRICS, Metrics

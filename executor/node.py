@@ -1,7 +1,7 @@
 """The node's on-chain life: follow its registration state, dispatch job events, watch timeouts.
 
 ``ChainFollower.follow`` consumes one ordered stream (TeeManager node events + Jobs events, reorg
-retractions and heads, see ``executor.chain.listener``) and reacts as docs/protocol.md §3 says:
+retractions and heads, see ``executor.chain.follow``) and reacts as docs/protocol.md §3 says:
 
 * ``TeeNodeRegistered`` for this enclave and its owner: start handling jobs;
 * ``TeeNodeDrained``: stop taking new jobs and forget the running set; ``TeeNodeRevived``: resume;
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine
 from contextlib import aclosing
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from executor.chain.clock import ChainClock
-from executor.chain.events import (
+from executor.chain.follow import (
     ChainEvent,
     JobCreated,
     JobResponded,

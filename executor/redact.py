@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 MASK = "***"
 _MIN_LENGTH = 6  # shorter strings would mask ordinary words; such keys are not secrets anyway
@@ -70,20 +70,33 @@ def redact(text: str) -> str:
 
 
 def url(value: str) -> str:
-    """A URL fit for a log line: password, query and long path segments (API keys) masked.
+    """An endpoint URL fit for a log line or a reply: ``scheme://host[:port]``, the rest masked.
 
-    Registered secrets are masked too. Used to name an RPC endpoint in warnings.
+    The one rule for every URL the executor names (RPC and websocket endpoints alike): the host
+    and port stay, because operators need to know which endpoint failed; everything else may
+    carry an API key, so userinfo is dropped and any path, query or fragment becomes ``/***``.
+    A URL that does not parse is masked whole. Registered secrets are masked too.
     """
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(value.strip())
+        host = parts.hostname
+        port = parts.port
     except ValueError:
-        return redact(value)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":" + MASK + "@")
-    path = "/".join(MASK if len(p) >= 16 else p for p in parts.path.split("/"))
-    query = MASK if parts.query else ""
-    return redact(urlunsplit((parts.scheme, netloc, path, query, "")))
+        return MASK
+    if not parts.scheme or not host:
+        return MASK
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    where = f"{host}:{port}" if port is not None else host
+    tail = "/" + MASK if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return redact(f"{parts.scheme}://{where}{tail}")
+
+
+def in_text(text: str, value: str) -> str:
+    """``text`` (e.g. a library's error message) with ``value`` shown as ``url(value)``."""
+    if value:
+        text = text.replace(value, url(value))
+    return redact(text)
 
 
 def _redact_record(record: logging.LogRecord) -> None:

@@ -20,21 +20,22 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from executor import redact
 from executor.admin.secret_store import SecretStoreClient
 from executor.chain.clock import ChainClock
-from executor.chain.code import CodeFetcher
-from executor.chain.code_cache import CodeCache
-from executor.chain.events import (
+from executor.chain.code import CodeCache, CodeFetcher
+from executor.chain.enclave_key import EnclaveKey
+from executor.chain.follow import (
     JOB_EVENTS,
+    JOB_LOOKBACK_BLOCKS,
     NODE_EVENTS,
     ChainEvent,
+    LogStream,
+    StreamHealth,
     TeeNodeDrained,
     TeeNodeRegistered,
     TeeNodeRevived,
+    read_node_record,
 )
-from executor.chain.listener import LogStream, StreamHealth
 from executor.chain.requirements import min_storage_capacity
-from executor.chain.resume import JOB_LOOKBACK_BLOCKS, read_node_record
-from executor.chain.signer import EnclaveKey
-from executor.chain.txs import TxManager
+from executor.chain.transactions import TxManager
 from executor.config import Settings
 from executor.errors import ChainError
 from executor.health import NodeHealth

@@ -12,6 +12,7 @@ from typing import Any
 import rlp
 from eth_account import Account
 from web3 import AsyncWeb3
+from web3.exceptions import Web3RPCError
 
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from tests.tx_samples import code_calldata
@@ -61,7 +62,14 @@ async def send_code_tx(
     raw = bytes(signed.raw_transaction)
     if kind == "eip4844":
         raw = with_zero_blob_sidecar(raw)
-    tx_hash = await w3.eth.send_raw_transaction(raw)
+    try:
+        tx_hash = await w3.eth.send_raw_transaction(raw)
+    except Web3RPCError as e:
+        # web3 sends eth_sendRawTransaction again when the first answer is slow (a blob
+        # transaction's proofs take anvil a while on a busy machine): the first one was accepted.
+        if "already imported" not in str(e):
+            raise
+        tx_hash = signed.hash
     receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=20)
     assert may_revert or receipt["status"] == 1, f"{kind} code tx reverted"
     return tx_hash.to_0x_hex()

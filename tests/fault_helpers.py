@@ -8,7 +8,7 @@ from typing import Any
 from eth_utils import function_signature_to_4byte_selector
 from hexbytes import HexBytes
 
-from executor.chain.events import JobResponded, decode_log
+from executor.chain.follow.events import JobResponded, decode_log
 from oyster_devnet.contracts import Devnet
 
 SUBMIT_OUTPUT = function_signature_to_4byte_selector(

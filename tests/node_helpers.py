@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 from executor.admin.sites import parse_tcp_addr
 from executor.daemon import Daemon
 from executor.node import NodeStatus
 from executor.outcome import JobOutcome
-from oyster_devnet.node_setup import NodeFiles
+from oyster_devnet.accounts import DevAccount
+from oyster_devnet.contracts import Devnet
+from oyster_devnet.node_setup import NodeFiles, init_and_register
+from tests.chain_helpers import ROLES
+from tests.polling import wait_until
 
-T = TypeVar("T")
+__all__ = [
+    "CODE_ECHO",
+    "RegisteredNode",
+    "record_executions",
+    "registered_daemon",
+    "running_daemon",
+    "seen_through_latest",
+    "wait_registered",
+    "wait_until",
+]
 
 CODE_ECHO = """
 export default {
@@ -43,6 +54,35 @@ async def running_daemon(
         yield daemon
 
 
+class RegisteredNode(NamedTuple):
+    """A running daemon that has seen its own registration (``daemon, files = node`` works)."""
+
+    daemon: Daemon
+    files: NodeFiles
+
+    @property
+    def address(self) -> str:
+        """The enclave's address: the ``executor`` of its outputs."""
+        return self.files.key.address
+
+
+@asynccontextmanager
+async def registered_daemon(
+    files: NodeFiles,
+    devnet: Devnet,
+    *,
+    cgroup_parent: Path | None = None,
+    owner: DevAccount = ROLES.owner,
+    gas: DevAccount = ROLES.gas,
+) -> AsyncIterator[Daemon]:
+    """:func:`running_daemon`, initialized through its admin API and registered on chain by
+    ``owner`` with ``gas`` as its gas account; entered once the daemon has seen the event."""
+    async with running_daemon(files, cgroup_parent=cgroup_parent) as daemon:
+        await init_and_register(daemon.admin_url, devnet, owner=owner, gas=gas)
+        await wait_registered(daemon)
+        yield daemon
+
+
 async def wait_registered(daemon: Daemon) -> None:
     """Until the daemon has seen its own TeeNodeRegistered event."""
     service = daemon.service
@@ -52,24 +92,20 @@ async def wait_registered(daemon: Daemon) -> None:
     )
 
 
-async def wait_until(
-    probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
-    *,
-    timeout: float,  # noqa: ASYNC109 - a polling helper, not a cancellable call
-    what: str,
-    interval: float = 0.2,
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` on timeout."""
-    give_up = time.monotonic() + timeout
-    while True:
-        value: Any = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value  # type: ignore[no-any-return]
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+async def seen_through_latest(daemon: Daemon, devnet: Devnet) -> None:
+    """Until the daemon has handled every event of the chain's latest block: mines one empty block
+    and waits for the daemon to see its head (a block's logs reach the follower before the next
+    block's head). What the daemon would do about those events it has decided by then: the event
+    to await before asserting that it did *not* do something."""
+    service = daemon.service
+    assert service is not None
+    target = await devnet.w3.eth.block_number + 1
+    await devnet.mine()
+    await wait_until(
+        lambda: (service.follower.health.head or 0) >= target,
+        timeout=10,
+        what=f"block {target} to reach the daemon",
+    )
 
 
 def record_executions(daemon: Daemon) -> list[bytes]:

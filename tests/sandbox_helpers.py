@@ -3,7 +3,6 @@ and torn down with ``cgroup_setup.sh``; worker scripts; leak checks."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 
 from executor.errors import ExecutorError, SliceSetupError
 from executor.sandbox.cgroups import find_cgroup2_mount
+from tests import polling
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = REPO_ROOT / "cgroup_setup.sh"
@@ -82,12 +82,38 @@ def run_setup(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     return result
 
 
+SLICES_PER_PROCESS = 200
+
+
+def first_slice() -> int:
+    """The number of this test process's first slice (slice N listens on port 11000 + N).
+
+    Slice ports are fixed by their numbers, so two test processes that number their slices alike
+    collide (``bind(): Address already in use``). Each process takes a block of 200 numbers of
+    its own instead, from 201 up (clear of the devnet's slices from 101, and with every port
+    below the kernel's ephemeral range): pytest-xdist worker ``gwK`` takes block ``K + 1`` of its
+    run's ten, a serial run a block chosen by its pid.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and int(worker[2:]) < 9:
+        try:
+            run_block = int(run, 16) % 9
+        except ValueError:
+            run_block = 0
+        block = 1 + int(worker[2:]) + 10 * run_block
+    else:
+        block = 1 + os.getpid() % 98
+    return 1 + SLICES_PER_PROCESS * block
+
+
 @contextmanager
 def slice_parent(count: int = 3) -> Iterator[Path]:
-    """A fresh ``<mount>/oyster-test-<random>`` holding ``count`` slices; removed afterwards."""
+    """A fresh ``<mount>/oyster-test-<random>`` holding ``count`` slices numbered from
+    :func:`first_slice`; removed afterwards."""
     mount = cgroup2_mount_or_skip()
     name = f"oyster-test-{secrets.token_hex(4)}"
-    run_setup("--parent", name, "--count", str(count))
+    run_setup("--parent", name, "--count", str(count), "--first", str(first_slice()))
     try:
         yield mount / name
     finally:
@@ -130,7 +156,8 @@ def start_in_cgroup(procs_file: Path, *argv: str) -> subprocess.Popen[bytes]:
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    """Poll ``predicate()`` until it is true; fail the test after ``timeout`` s."""
+    """For synchronous code only (it blocks the event loop): async tests use
+    :func:`tests.polling.wait_until`. Polls ``predicate()`` until it is true."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -139,12 +166,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
 
 
 async def eventually(predicate: Callable[[], object], within_s: float = 20.0) -> None:
-    """Like :func:`wait_until`, for async tests: the event loop keeps running meanwhile."""
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.005)
+    """:func:`tests.polling.wait_until` under its older name."""
+    await polling.wait_until(predicate, timeout=within_s, interval=0.005)
 
 
 def proc_file(pid: int, name: str) -> bytes:

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.chain.abi_decode import AbiDecodeError, decode
-from executor.chain.events import JOB_EVENTS, NODE_EVENTS
+from executor.chain.follow.abi_decode import AbiDecodeError, decode
+from executor.chain.follow.events import JOB_EVENTS, NODE_EVENTS
 from tests.fuzz_profiles import examples
 
 SHAPES = sorted(

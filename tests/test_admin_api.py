@@ -9,7 +9,7 @@ import pytest
 from eth_account import Account
 
 from executor.admin.client import AdminClient, AdminClientError
-from executor.chain.signer import recover_signer, register_digest
+from executor.chain.enclave_key import recover_signer, register_digest
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet

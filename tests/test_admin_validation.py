@@ -14,7 +14,7 @@ from executor.errors import AdminError
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from tests.admin_node import AdminNode, admin_node
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.chain]
 
 OWNER = DEV_ACCOUNTS[1].address
 GAS_KEY = DEV_ACCOUNTS[2].private_key

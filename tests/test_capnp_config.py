@@ -37,6 +37,8 @@ from tests.sandbox_helpers import (
     workerd_pids_referencing,
 )
 
+pytestmark = pytest.mark.workerd
+
 
 @pytest.fixture(scope="module")
 def schema_path() -> Path:

@@ -12,9 +12,9 @@ from typing import Any
 from eth_account import Account
 from web3 import AsyncWeb3
 
-from executor.chain.events import NewHead
-from executor.chain.inflight import STALL_GRACE_S
-from executor.chain.txs import TxManager, TxStatus
+from executor.chain.follow.events import NewHead
+from executor.chain.transactions.inflight import STALL_GRACE_S
+from executor.chain.transactions.manager import TxManager, TxStatus
 from executor.service import ExecutorService
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode

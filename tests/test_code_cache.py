@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from eth_utils import keccak
 
-from executor.chain.code_cache import CodeCache, VerifiedCode
+from executor.chain.code.cache import CodeCache, VerifiedCode
 from executor.errors import TxHashMismatch
 from executor.outcome import ErrorCode
 from tests.tx_samples import TO, all_samples, code_calldata

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import rlp
 
-from executor.chain.rawtx import LegacyTransaction
+from executor.chain.code.envelope import LegacyTransaction
 from executor.outcome import ErrorCode
-from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
+from tests.chain_helpers import ROLES
 from tests.code_txs import send_code_tx
 from tests.node_helpers import (
     CODE_ECHO,
@@ -26,10 +26,10 @@ from tests.node_helpers import (
     wait_registered,
     wait_until,
 )
-from tests.rpc_proxy import running_rpc_proxy
+from tests.relay import running_relay
 from tests.tx_samples import code_calldata
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 EVIL = b"export default { fetch() { return new Response('pwned'); } };"
 
 
@@ -53,7 +53,7 @@ async def test_a_lying_first_endpoint_is_skipped_for_an_honest_second(
             return {**result, "input": "0x" + evil_calldata.hex()}
         return result
 
-    async with running_rpc_proxy(anvil.http_url) as liar:
+    async with running_relay(anvil.http_url) as liar:
         liar.rewrite = lie
         files = write_node_files(
             tmp_path / "node", anvil, devnet, http_url=[liar.url, anvil.http_url]

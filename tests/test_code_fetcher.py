@@ -14,8 +14,8 @@ from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor.chain.code import CodeFetcher, FetchedCode
-from executor.chain.code_cache import CodeCache
-from executor.chain.rawtx import LegacyTransaction
+from executor.chain.code.cache import CodeCache
+from executor.chain.code.envelope import LegacyTransaction
 from executor.errors import ChainError
 from executor.outcome import ErrorCode
 from oyster_devnet.accounts import DEV_ACCOUNTS
@@ -23,10 +23,10 @@ from oyster_devnet.anvil import AnvilNode, start_anvil
 from oyster_devnet.contracts import Devnet, deploy_devnet
 from oyster_devnet.tools import free_port
 from tests.code_txs import CODE_SENDER, TX_KINDS, send_code_tx
-from tests.rpc_proxy import RpcProxy, running_rpc_proxy
+from tests.relay import Relay, running_relay
 from tests.tx_samples import code_calldata
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.chain]
 
 HONEST = "export default { fetch() { return new Response('honest'); } };"
 EVIL = "export default { fetch() { return new Response('pwned'); } };"
@@ -54,8 +54,8 @@ async def code_txs(chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet]) -> dict[str,
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def proxy(chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet]) -> AsyncIterator[RpcProxy]:
-    async with running_rpc_proxy(chain[0].http_url) as p:
+async def proxy(chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet]) -> AsyncIterator[Relay]:
+    async with running_relay(chain[0].http_url) as p:
         yield p
 
 
@@ -86,7 +86,7 @@ async def test_honest_rpc_gives_the_code_for_every_tx_type(
 async def test_without_the_raw_method_the_json_view_is_rebuilt_and_verified(
     chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet],
     code_txs: dict[str, str],
-    proxy: RpcProxy,
+    proxy: Relay,
     kind: str,
 ) -> None:
     proxy.hide = {"eth_getRawTransactionByHash"}
@@ -109,7 +109,7 @@ async def rewrite_raw_calldata(method: str, params: list[Any], result: Any) -> A
 
 
 async def test_a_json_view_lie_is_harmless_when_the_raw_bytes_are_served(
-    chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet], code_txs: dict[str, str], proxy: RpcProxy
+    chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet], code_txs: dict[str, str], proxy: Relay
 ) -> None:
     proxy.rewrite = rewrite_input
     got = await fetch([proxy.url], chain[2], code_txs["eip1559"])
@@ -120,7 +120,7 @@ async def test_a_json_view_lie_is_harmless_when_the_raw_bytes_are_served(
 async def test_a_lying_rpc_gives_error_1_and_a_warning_naming_it(
     chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet],
     code_txs: dict[str, str],
-    proxy: RpcProxy,
+    proxy: Relay,
     caplog: pytest.LogCaptureFixture,
     hide_raw: bool,
 ) -> None:
@@ -136,7 +136,7 @@ async def test_a_lying_rpc_gives_error_1_and_a_warning_naming_it(
 
 
 async def test_first_endpoint_lies_second_is_honest(
-    chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet], code_txs: dict[str, str], proxy: RpcProxy
+    chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet], code_txs: dict[str, str], proxy: Relay
 ) -> None:
     node, _, devnet = chain
     proxy.rewrite = rewrite_raw_calldata
@@ -147,11 +147,11 @@ async def test_first_endpoint_lies_second_is_honest(
     # Cached: the lying endpoint alone now cannot change the answer.
     proxy.calls.clear()
     assert await fetch([proxy.url], devnet, code_txs["legacy-eip155"], cache) == got
-    assert proxy.calls == []
+    assert not proxy.calls
 
 
 async def test_an_endpoint_answering_for_another_transaction_is_skipped(
-    chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet], code_txs: dict[str, str], proxy: RpcProxy
+    chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet], code_txs: dict[str, str], proxy: Relay
 ) -> None:
     node, w3, devnet = chain
     evil_hash = await send_code_tx(w3, devnet.user_code_address, EVIL, "eip1559")
@@ -227,7 +227,7 @@ async def test_unknown_tx_and_wrong_recipient_and_bad_calldata(
 async def test_garbage_answers_are_discarded_with_a_reason(
     chain: tuple[AnvilNode, AsyncWeb3[Any], Devnet],
     code_txs: dict[str, str],
-    proxy: RpcProxy,
+    proxy: Relay,
     caplog: pytest.LogCaptureFixture,
     raw_answer: Any,
     json_answer: Any,

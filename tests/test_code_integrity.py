@@ -23,13 +23,14 @@ import rlp
 from eth_utils import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from executor.chain.rawtx import LegacyTransaction
+from executor.chain.code.envelope import LegacyTransaction
 from executor.daemon import Daemon
 from executor.outcome import ErrorCode
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode, start_anvil
 from oyster_devnet.contracts import Devnet, JobResponse, deploy_devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
+from tests.chain_helpers import ROLES
 from tests.code_txs import TX_KINDS, send_code_tx
 from tests.node_helpers import (
     CODE_ECHO,
@@ -38,12 +39,12 @@ from tests.node_helpers import (
     wait_registered,
     wait_until,
 )
-from tests.rpc_proxy import RpcProxy, running_rpc_proxy
+from tests.relay import Relay, running_relay
 from tests.tx_samples import code_calldata
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.chain]
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 EVIL = "export default { fetch() { return new Response('pwned'); } };"
 
 
@@ -52,7 +53,7 @@ class Node:
     anvil: AnvilNode
     w3: AsyncWeb3[Any]
     devnet: Devnet
-    proxy: RpcProxy
+    proxy: Relay
     daemon: Daemon
     executed: list[bytes]
 
@@ -65,7 +66,7 @@ async def node(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Node]:
             devnet = await deploy_devnet(
                 w3, DEV_ACCOUNTS[0], execution_buffer_time=2, num_selected_executors=1
             )
-            async with running_rpc_proxy(anvil.http_url) as proxy:
+            async with running_relay(anvil.http_url) as proxy:
                 folder: Path = tmp_path_factory.mktemp("node")
                 files = write_node_files(folder, anvil, devnet, http_url=proxy.url)
                 async with running_daemon(files) as daemon:

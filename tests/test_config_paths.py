@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.chain.signer import EnclaveKey
+from executor.chain.enclave_key import EnclaveKey
 from executor.config import Settings
 from executor.outcome import ErrorCode
 from oyster_devnet.accounts import DEV_ACCOUNTS

@@ -32,6 +32,8 @@ from tests.fake_secret_store import FakeSecretStore, running_secret_store
 from tests.node_helpers import running_daemon
 from tests.sandbox_helpers import slice_parent, workerd_bin_or_skip
 
+pytestmark = pytest.mark.workerd
+
 PROBE_JS = b"""
 export default {
   async fetch(request, env) {

@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from oyster_devnet.network import NetworkState
 from tests.node_helpers import wait_until
+
+pytestmark = [pytest.mark.chain, pytest.mark.workerd, pytest.mark.xdist_group("devnet")]
 
 CODE = """
 export default {

@@ -35,6 +35,8 @@ from oyster_devnet.contracts import (
 from oyster_devnet.tools import REPO_ROOT
 from tests.eip712_reference import REGISTER_FIELDS, SUBMIT_OUTPUT_FIELDS, typed_data
 
+pytestmark = pytest.mark.chain  # some tests start their own anvil
+
 OWNER, OTHER_OWNER, JOB_OWNER, GAS = DEV_ACCOUNTS[1:5]  # [0] deploys the contracts
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from web3 import AsyncWeb3
 
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.jobs_contract import (
     sign_output,
     submit_output_calldata,
     submit_output_gas_bound,
 )
-from executor.chain.signer import EnclaveKey
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.transactions import TransactionReverted
 from tests.test_tx_faults import GAS, OWNER, USER

@@ -18,8 +18,7 @@ SOURCES = [
     for p in sorted((ROOT / folder).rglob("*"))
     if p.suffix in {".py", ".sol", ".sh", ".md"} and p.name != "test_docs.py"
 ]
-WRITTEN_ELSEWHERE = {"SECURITY.md"}
-"""Linked from the README, written on another branch of this project (drop once merged)."""
+PROSE = [*DOCS, ROOT / "SECURITY.md", ROOT / "BENCHMARKS.md"]
 
 
 @pytest.mark.parametrize("path", [*DOCS, *SOURCES], ids=lambda p: str(p.relative_to(ROOT)))
@@ -30,11 +29,9 @@ def test_nothing_refers_outside_the_repository(path: Path) -> None:
     assert not re.search(r"PROTOCOL (§|section )\d", text), "cite docs/protocol.md §N instead"
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+@pytest.mark.parametrize("doc", PROSE, ids=lambda p: p.name)
 def test_relative_links_resolve(doc: Path) -> None:
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
-        if target in WRITTEN_ELSEWHERE:
-            continue
         assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
 
 
@@ -62,3 +59,30 @@ def test_operator_guide_lists_every_config_key_and_serve_option() -> None:
         for option in action.option_strings:
             if option not in ("-h", "--help"):
                 assert option in guide, f"serve {option} is not documented"
+
+
+CODE = {p: p.read_text() for p in sorted((ROOT / "executor").rglob("*.py"))}
+"""The product's sources, which the prose cites."""
+
+
+@pytest.mark.parametrize("doc", PROSE, ids=lambda p: p.name)
+def test_cited_files_exist(doc: Path) -> None:
+    cited = re.findall(
+        r"`((?:executor|tests|benchmarks|devnet|contracts|enclave)/[\w./-]+)`", doc.read_text()
+    )
+    missing = sorted({path for path in cited if not (ROOT / path.rstrip("/")).exists()})
+    assert not missing, f"{doc.name} cites files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", PROSE, ids=lambda p: p.name)
+def test_cited_methods_exist(doc: Path) -> None:
+    """A backticked ``Class.method`` of the product's own classes names a method that exists."""
+    missing = []
+    for owner, member in set(re.findall(r"`([A-Z]\w+)\.(\w+)`", doc.read_text())):
+        homes = [text for text in CODE.values() if re.search(rf"^class {owner}\b", text, re.M)]
+        if homes and not any(
+            re.search(rf"^\s+(?:async )?def {member}\b|^\s+{member}\s*[:=]", text, re.M)
+            for text in homes
+        ):
+            missing.append(f"{owner}.{member}")
+    assert not missing, f"{doc.name} cites methods that do not exist: {sorted(missing)}"

@@ -6,35 +6,16 @@ the enclave address proves the whole path: code fetch, execution, signing and su
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from eth_account import Account
 
-from executor.daemon import Daemon
 from executor.outcome import ErrorCode
-from oyster_devnet.accounts import DEV_ACCOUNTS
-from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet, JobResponse
-from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
-from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
-from tests.sandbox_helpers import slice_parent
+from tests.chain_helpers import ROLES
+from tests.node_helpers import CODE_ECHO, RegisteredNode, wait_until
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
-
-
-@pytest.fixture
-async def node(
-    tmp_path: Path, anvil: AnvilNode, devnet: Devnet
-) -> AsyncIterator[tuple[Daemon, NodeFiles]]:
-    files = write_node_files(tmp_path / "node", anvil, devnet)
-    with slice_parent(count=3) as parent:
-        async with running_daemon(files, cgroup_parent=parent) as daemon:
-            await init_and_register(daemon.admin_url, devnet, owner=OWNER, gas=GAS)
-            await wait_registered(daemon)
-            yield daemon, files
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 
 
 async def response_of(devnet: Devnet, job_id: int, wait_s: float = 20) -> JobResponse:
@@ -46,15 +27,15 @@ async def response_of(devnet: Devnet, job_id: int, wait_s: float = 20) -> JobRes
 
 
 async def test_job_is_answered_on_chain_by_the_enclave(
-    node: tuple[Daemon, NodeFiles], devnet: Devnet
+    confined_node: RegisteredNode, devnet: Devnet
 ) -> None:
-    _, files = node
+    _, files = confined_node
     codehash = await devnet.save_code(USER, CODE_ECHO)
     job_id = await devnet.create_job(
         USER, codehash=codehash, code_inputs=b"hello chain", deadline_ms=5000
     )
     response = await response_of(devnet, job_id)
-    daemon, _ = node
+    daemon, _ = confined_node
     assert daemon.sandbox is not None and daemon.sandbox.warm is not None
     assert daemon.sandbox.warm.available  # the default: jobs run in warm slices
     assert response.executor == files.key.address
@@ -65,10 +46,10 @@ async def test_job_is_answered_on_chain_by_the_enclave(
 
 
 async def test_concurrent_jobs_each_get_their_own_output(
-    node: tuple[Daemon, NodeFiles], devnet: Devnet
+    confined_node: RegisteredNode, devnet: Devnet
 ) -> None:
     codehash = await devnet.save_code(USER, CODE_ECHO)
-    _daemon, files = node
+    _daemon, files = confined_node
     job_ids = [
         await devnet.create_job(
             USER,
@@ -106,7 +87,7 @@ async def send_raw(devnet: Devnet, to: str, data: bytes) -> str:
 
 
 async def test_code_errors_1_and_2_are_submitted(
-    node: tuple[Daemon, NodeFiles], devnet: Devnet
+    confined_node: RegisteredNode, devnet: Devnet
 ) -> None:
     not_code = await send_raw(devnet, devnet.jobs_address, b"")  # not sent to UserCode
     bad_calldata = await send_raw(devnet, devnet.user_code_address, b"\x12\x34\x56\x78garbage")

@@ -10,7 +10,7 @@ import pytest
 from eth_abi import encode
 from eth_utils import event_abi_to_log_topic
 
-from executor.chain.events import (
+from executor.chain.follow.events import (
     JOB_EVENTS,
     NODE_EVENTS,
     ChainEvent,

@@ -17,19 +17,18 @@ from typing import Any
 import pytest
 from eth_account import Account
 from hexbytes import HexBytes
-from web3.types import RPCEndpoint
 
 from executor.config import Settings
-from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
-from tests.endpoint_proxy import running_http_proxy
+from tests.chain_helpers import ROLES, Rpc
 from tests.fault_helpers import lost_and_duplicated, responses_of, submit_output_txs
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
+from tests.relay import running_relay
 from tests.ws_proxy import WsProxy, running_ws_proxy
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 JOBS = 100
 CREATION_S = 20.0
 CUT_EVERY_S = 2.0
@@ -111,8 +110,8 @@ async def test_dead_first_endpoints_and_one_killed_mid_run(
     tmp_path: Path, anvil: AnvilNode, devnet: Devnet
 ) -> None:
     async with (
-        running_http_proxy(anvil.http_url) as http1,
-        running_http_proxy(anvil.http_url) as http2,
+        running_relay(anvil.http_url) as http1,
+        running_relay(anvil.http_url) as http2,
         running_ws_proxy(anvil.ws_url, keys={""}) as ws1,
         running_ws_proxy(anvil.ws_url, keys={""}) as ws2,
     ):
@@ -154,12 +153,6 @@ async def test_dead_first_endpoints_and_one_killed_mid_run(
             assert daemon.service is not None
             stream = daemon.service.health()["stream"]
             assert stream["failures"] >= 2 and stream["healthy"]
-
-
-async def rpc(devnet: Devnet, method: str, *params: Any) -> Any:
-    response = await devnet.w3.provider.make_request(RPCEndpoint(method), list(params))
-    assert "error" not in response, response
-    return response.get("result")
 
 
 async def signed_create_job(devnet: Devnet, codehash: str, inputs: bytes, nonce: int) -> str:
@@ -206,7 +199,7 @@ async def test_a_reorged_job_pending_output_is_never_mined(
         # The job's block is replaced by one where the same id names new content.
         user_nonce = await devnet.w3.eth.get_transaction_count(USER.address, "latest") - 1
         raw = await signed_create_job(devnet, codehash, b"new", user_nonce)
-        await rpc(devnet, "anvil_reorg", 1, [[raw, 0]])
+        await Rpc(devnet.w3)("anvil_reorg", 1, [[raw, 0]])
         devnet.sender.forget_nonces()
         job = await devnet.job(job_id)
         assert job is not None
@@ -215,7 +208,7 @@ async def test_a_reorged_job_pending_output_is_never_mined(
             # The pool's transaction on the output's nonce is now the no-op (a 0-value transfer
             # to itself). Mining before then would race the daemon, not test it: on a real chain
             # the next block is a block time away, here it would be a few milliseconds.
-            pool = await rpc(devnet, "txpool_content")
+            pool = await Rpc(devnet.w3)("txpool_content")
             ours = pool["pending"].get(GAS.address.lower(), {})
             return any(tx["to"].lower() == GAS.address.lower() for tx in ours.values())
 

@@ -22,6 +22,8 @@ from oyster_devnet.accounts import DEV_ACCOUNTS
 from tests.admin_node import AdminNode, admin_node
 from tests.fuzz_profiles import examples
 
+pytestmark = pytest.mark.chain
+
 GAS_KEY = DEV_ACCOUNTS[2].private_key
 FIELDS = ("owner_address_hex", "executor_gas_key", "secret_store_gas_key", "ws_api_key")
 

@@ -13,9 +13,15 @@ from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.chain.events import JOB_EVENTS, NODE_EVENTS, ChainEvent, EventDecodeError, decode_log
-from executor.chain.rawtx import decode_signed_tx, envelope_from_json, verify_raw_tx
-from executor.chain.user_code import SAVE_CODE_SELECTOR, decode_code_calldata
+from executor.chain.code.calldata import SAVE_CODE_SELECTOR, decode_code_calldata
+from executor.chain.code.envelope import decode_signed_tx, envelope_from_json, verify_raw_tx
+from executor.chain.follow.events import (
+    JOB_EVENTS,
+    NODE_EVENTS,
+    ChainEvent,
+    EventDecodeError,
+    decode_log,
+)
 from executor.errors import RawTxError, TxHashMismatch
 from tests.fuzz_profiles import examples
 from tests.tx_samples import all_samples, code_calldata

@@ -21,8 +21,8 @@ from eth_account import Account
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
-from executor.chain.signer import EnclaveKey
-from executor.chain.txs import TxStatus
+from executor.chain.enclave_key import EnclaveKey
+from executor.chain.transactions.manager import TxStatus
 from executor.jobs import JobContext, JobRunner, Slasher
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from oyster_devnet.anvil import AnvilNode

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from eth_abi import encode
 
-from executor.chain.events import JobCreated
+from executor.chain.follow.events import JobCreated
 from executor.node import NodeStatus
-from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
+from tests.chain_helpers import ROLES
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 from tests.ws_proxy import running_ws_proxy
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 SPOOFED_JOB = 4242
 
 

@@ -7,24 +7,23 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import Any
 
-from web3.types import RPCEndpoint
-
-from executor.chain.events import (
+from executor.chain.follow.events import (
     JOB_EVENTS,
     JobCreated,
     LogRemoved,
     NewHead,
     StreamItem,
 )
-from executor.chain.listener import LogStream
+from executor.chain.follow.listener import LogStream
 from executor.chain.rpc import RpcEndpoints
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.tools import free_port
-from tests.endpoint_proxy import running_http_proxy
+from tests.chain_helpers import Rpc
+from tests.polling import wait_until
+from tests.relay import running_relay
 from tests.ws_proxy import running_ws_proxy
 
 USER = DEV_ACCOUNTS[3]
@@ -79,16 +78,15 @@ async def collecting(stream: LogStream) -> AsyncIterator[Collector]:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def rpc(devnet: Devnet, method: str, *params: Any) -> Any:
-    response = await devnet.w3.provider.make_request(RPCEndpoint(method), list(params))
-    assert "error" not in response, response
-    return response.get("result")
-
-
 async def reorg(devnet: Devnet, depth: int) -> None:
     """Replace the last ``depth`` blocks with empty ones; their transactions are gone."""
-    await rpc(devnet, "anvil_reorg", depth, [])
+    await Rpc(devnet.w3)("anvil_reorg", depth, [])
     devnet.sender.forget_nonces()
+
+
+async def subscribed(stream: LogStream) -> None:
+    """Until the stream has subscribed (jobs created before would be backfilled, not pushed)."""
+    await wait_until(lambda: stream.health.connections >= 1, timeout=10, what="the subscription")
 
 
 async def new_job(devnet: Devnet, codehash: str, inputs: bytes) -> int:
@@ -103,7 +101,7 @@ async def test_a_reorged_job_is_retracted_and_its_replacement_yielded(
     codehash = await devnet.save_code(USER, "x")
     stream = job_stream(devnet, [anvil.ws_url], await devnet.w3.eth.block_number + 1)
     async with collecting(stream) as seen:
-        await asyncio.sleep(0.3)
+        await subscribed(stream)
         first = await new_job(devnet, codehash, b"old content")
         (old,) = await seen.wait_for(1)
         assert isinstance(old, JobCreated) and old.code_inputs == b"old content"
@@ -132,7 +130,7 @@ async def test_a_deeper_reorg_while_disconnected_is_found_on_reconnect(
     async with running_ws_proxy(anvil.ws_url, keys={""}) as proxy:
         stream = job_stream(devnet, [proxy.url], await devnet.w3.eth.block_number + 1)
         async with collecting(stream) as seen:
-            await asyncio.sleep(0.3)
+            await subscribed(stream)
             kept = await new_job(devnet, codehash, b"kept")
             lost = [await new_job(devnet, codehash, f"lost {i}".encode()) for i in range(2)]
             await seen.wait_for(3)
@@ -152,7 +150,7 @@ async def test_a_removed_log_sent_by_the_node_is_honoured(anvil: AnvilNode, devn
     async with running_ws_proxy(anvil.ws_url, keys={""}) as proxy:
         stream = job_stream(devnet, [proxy.url], await devnet.w3.eth.block_number + 1)
         async with collecting(stream) as seen:
-            await asyncio.sleep(0.3)
+            await subscribed(stream)
             await new_job(devnet, codehash, b"x")
             (job,) = await seen.wait_for(1)
             assert isinstance(job, JobCreated)
@@ -191,7 +189,7 @@ async def test_without_new_heads_a_reorg_is_found_from_the_next_log(
         proxy.refuse_heads = True
         stream = job_stream(devnet, [proxy.url], await devnet.w3.eth.block_number + 1)
         async with collecting(stream) as seen:
-            await asyncio.sleep(0.3)
+            await subscribed(stream)
             first = await new_job(devnet, codehash, b"old")
             (old,) = await seen.wait_for(1)
             await reorg(devnet, 1)
@@ -210,7 +208,7 @@ async def test_block_timestamps_are_fetched_when_the_node_omits_them(
     backfilled = await new_job(devnet, codehash, b"before")
     async with (
         running_ws_proxy(anvil.ws_url, keys={""}) as ws,
-        running_http_proxy(anvil.http_url) as http,
+        running_relay(anvil.http_url) as http,
     ):
         ws.strip_block_timestamps = http.strip_block_timestamps = True
         rpc = RpcEndpoints([http.url])

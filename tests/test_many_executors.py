@@ -18,10 +18,11 @@ from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet, deploy_devnet
 from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
+from tests.chain_helpers import ROLES
 from tests.conftest import DEVNET_EXECUTION_BUFFER_TIME
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 
-OWNER, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[3]
+OWNER, USER = ROLES.owner, ROLES.user
 GAS = (DEV_ACCOUNTS[2], DEV_ACCOUNTS[5], DEV_ACCOUNTS[6])
 NOBODY = Account.create().address
 

@@ -20,10 +20,11 @@ from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet, deploy_devnet
 from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
+from tests.chain_helpers import ROLES
 from tests.conftest import DEVNET_EXECUTION_BUFFER_TIME, DEVNET_SIGN_MAX_AGE
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
 
-OWNER, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[3]
+OWNER, USER = ROLES.owner, ROLES.user
 GAS_KEYS = (DEV_ACCOUNTS[2], DEV_ACCOUNTS[4])
 NOBODY = Account.create().address
 
@@ -83,7 +84,7 @@ async def test_a_job_missing_its_second_output_is_slashed_once(
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith(label)]
 
     await wait_until(lambda: len(settled()) >= 2, timeout=20, what="both nodes' slash outcomes")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a short quiet period is the point: no third outcome may follow
     outcomes = sorted(m.removeprefix(label).split(" ")[0] for m in settled())
     assert outcomes == ["nothing", "slashed"]  # one slashed it; the other found it settled
     assert [s.enclave_address for s in await devnet2.slash_events(job_id)] == [NOBODY]

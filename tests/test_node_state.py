@@ -8,8 +8,8 @@ import asyncio
 from eth_abi import encode
 
 from executor.chain.clock import ChainClock
-from executor.chain.events import JobCreated, JobResponded, LogPosition, LogRemoved, NewHead
-from executor.chain.listener import REORG_WINDOW_BLOCKS, LogStream
+from executor.chain.follow.events import JobCreated, JobResponded, LogPosition, LogRemoved, NewHead
+from executor.chain.follow.listener import REORG_WINDOW_BLOCKS, LogStream
 from executor.node import (
     JOB_HORIZON_BLOCKS,
     MAX_TIMERS,

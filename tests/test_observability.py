@@ -21,14 +21,14 @@ from executor import logs
 from executor.admin.sites import parse_tcp_addr
 from executor.daemon import Daemon
 from executor.metrics import Metrics
-from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import NodeFiles, init_and_register, write_node_files
+from tests.chain_helpers import ROLES
 from tests.node_helpers import CODE_ECHO, wait_registered, wait_until
 from tests.sandbox_helpers import slice_parent
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 
 CODE_SLOW = """
 export default {

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from executor.chain.events import JobCreated, JobResponded, LogPosition
-from executor.chain.job_history import JobRecord
+from executor.chain.enclave_key import EnclaveKey, recover_signer
+from executor.chain.follow.events import JobCreated, JobResponded, LogPosition
+from executor.chain.follow.job_history import JobRecord
 from executor.chain.jobs_contract import (
     SubmitOutputCall,
     decode_submit_output_calldata,
     sign_output,
     submit_output_calldata,
 )
-from executor.chain.signer import EnclaveKey, recover_signer
 from executor.cli import build_parser
 from executor.commands.verify import OutputReport, Verdict, _check_signed_fields
 from executor.sandbox.usage import JobProcessProbe, ProcessUsage

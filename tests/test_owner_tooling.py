@@ -19,7 +19,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from executor.admin.client import AdminClient
-from executor.chain.signer import EnclaveKey
+from executor.chain.enclave_key import EnclaveKey
 from executor.daemon import Daemon
 from executor.node import NodeStatus
 from executor.owner.attestation import (

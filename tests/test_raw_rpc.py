@@ -1,4 +1,5 @@
-"""The raw JSON-RPC reads of executor.chain.raw, against a real anvil and against bad answers.
+"""The one JSON-RPC call helper (executor.chain.rpc) and the raw reads of
+executor.chain.transactions.reads, against a real anvil and against bad answers.
 
 They replace web3's formatted reads on the per-block paths, so they must agree with web3 on what
 the node said, and reject what a node should never say with a message naming the field.
@@ -12,7 +13,10 @@ import pytest
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
-from executor.chain import raw
+from executor.chain import rpc
+from executor.chain.rpc import RpcCallError
+from executor.chain.transactions import reads as raw
+from executor.errors import ChainError
 from oyster_devnet.accounts import DEV_ACCOUNTS
 
 SENDER, RECEIVER = DEV_ACCOUNTS[5], DEV_ACCOUNTS[6]
@@ -61,10 +65,41 @@ async def test_a_pending_transaction_has_no_block(w3: AsyncWeb3[Any]) -> None:
 
 async def test_a_json_rpc_error_is_raised_as_web3_raises_it(w3: AsyncWeb3[Any]) -> None:
     with pytest.raises(Web3RPCError) as raised:
-        await raw.call(w3, "eth_sendRawTransaction", ["0x00"])
+        await rpc.call(w3, "eth_sendRawTransaction", ["0x00"])
     assert raised.value.rpc_response is not None and "error" in raised.value.rpc_response
-    with pytest.raises(Web3RPCError):
-        await raw.call(w3, "no_suchMethod", [])
+    assert isinstance(raised.value, ChainError)  # and a ChainError, for the executor's handlers
+    assert not raised.value.method_missing
+    with pytest.raises(RpcCallError) as missing:
+        await rpc.call(w3, "no_suchMethod", [])
+    assert missing.value.method_missing
+    assert str(missing.value).startswith("no_suchMethod answered error -32601: ")
+    assert raw.call is rpc.call  # one helper, reachable from both modules
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,
+        [],
+        "0x1",
+        {"jsonrpc": "2.0", "id": 1},
+        {"jsonrpc": "2.0", "id": 1, "error": "boom"},
+        {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "nonce too low"}},
+    ],
+)
+def test_an_answer_without_a_result_is_an_error_naming_the_method(answer: object) -> None:
+    with pytest.raises(RpcCallError, match=r"^eth_x answered error"):
+        rpc.result_of("eth_x", answer)
+
+
+def test_a_null_result_is_an_answer() -> None:
+    assert rpc.result_of("eth_x", {"jsonrpc": "2.0", "id": 1, "result": None}) is None
+    assert rpc.request("eth_x", [1]) == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "eth_x",
+        "params": [1],
+    }
 
 
 @pytest.mark.parametrize(

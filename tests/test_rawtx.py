@@ -13,7 +13,7 @@ import pytest
 import rlp
 from eth_utils import keccak
 
-from executor.chain.rawtx import (
+from executor.chain.code.envelope import (
     LegacyTransaction,
     blob_tx_body,
     decode_signed_tx,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
+import pytest
+
 from executor import redact
 
 KEY = "0x" + "ab12" * 16
@@ -73,9 +75,39 @@ def test_every_handler_sees_masked_records_even_without_the_filter() -> None:
     assert out.count(redact.MASK) >= 3
 
 
-def test_url_masks_credentials_query_and_long_path_segments() -> None:
-    url = "https://user:pw123456@rpc.example:8545/v3/0123456789abcdef0123?apikey=zzz"
-    shown = redact.url(url)
-    assert "pw123456" not in shown and "0123456789abcdef0123" not in shown and "zzz" not in shown
-    assert shown.startswith("https://user:***@rpc.example:8545/v3/***")
-    assert redact.url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("http://127.0.0.1:8545", "http://127.0.0.1:8545"),
+        ("http://127.0.0.1:8545/", "http://127.0.0.1:8545"),
+        ("https://rpc.example.org/v2/0123456789abcdef0123", "https://rpc.example.org/***"),
+        ("wss://rpc.example.org/ws/v3/k", "wss://rpc.example.org/***"),  # short keys too
+        ("https://user:pw123456@rpc.example:8545/v3/x?apikey=zzz", "https://rpc.example:8545/***"),
+        ("https://KEY0123456789@rpc.example/", "https://rpc.example"),  # a key as the user name
+        ("https://rpc.example/?apikey=zzz", "https://rpc.example/***"),
+        ("https://rpc.example#zzz", "https://rpc.example/***"),
+        ("http://[::1]:8545/key", "http://[::1]:8545/***"),
+        ("HTTPS://RPC.Example.ORG/Key", "https://rpc.example.org/***"),
+        ("http://[::1/key", redact.MASK),  # does not parse: nothing of it is shown
+        ("http://host:99999/key", redact.MASK),
+        ("not a url", redact.MASK),
+        ("", redact.MASK),
+    ],
+)
+def test_url_keeps_scheme_host_and_port_only(given: str, shown: str) -> None:
+    assert redact.url(given) == shown
+
+
+def test_url_masks_registered_secrets_in_the_host_too() -> None:
+    secret = "hostsecret" + "q" * 8
+    redact.register_secret(secret)
+    assert redact.url(f"https://{secret}.rpc.example/x") == f"https://{redact.MASK}.rpc.example/***"
+
+
+def test_in_text_shows_a_quoted_url_redacted() -> None:
+    url = "wss://rpc.example/ws/key-in-path-0123"
+    text = f"Cannot connect to host rpc.example:443 ssl:default [{url}]"
+    shown = redact.in_text(text, url)
+    assert "key-in-path-0123" not in shown
+    assert "[wss://rpc.example/***]" in shown
+    assert redact.in_text("no url here", "") == "no url here"

@@ -20,9 +20,9 @@ import pytest
 from eth_abi import decode, encode
 from eth_utils import keccak
 
-from executor.chain.events import JobResponded
+from executor.chain.enclave_key import EnclaveKey
+from executor.chain.follow.events import JobResponded
 from executor.chain.jobs_contract import SUBMIT_OUTPUT_SELECTOR, sign_output
-from executor.chain.signer import EnclaveKey
 from executor.daemon import Daemon
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode

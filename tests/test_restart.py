@@ -11,14 +11,14 @@ from pathlib import Path
 from eth_account import Account
 
 from executor.admin.client import AdminClient
-from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
+from tests.chain_helpers import ROLES
 from tests.node_helpers import CODE_ECHO, wait_until
 from tests.test_serve_command import serving
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 NOBODY = Account.create().address
 
 

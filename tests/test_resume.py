@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import time
 
-from executor.chain.events import TeeNodeDrained, TeeNodeRegistered
-from executor.chain.resume import read_node_record
+from executor.chain.enclave_key import EnclaveKey
+from executor.chain.follow.events import TeeNodeDrained, TeeNodeRegistered
+from executor.chain.follow.resume import read_node_record
 from executor.chain.rpc import RpcEndpoints
-from executor.chain.signer import EnclaveKey
-from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
+from tests.chain_helpers import ROLES
 from tests.eip712_reference import SUBMIT_OUTPUT_FIELDS, digest, typed_data
-from tests.endpoint_proxy import running_http_proxy
+from tests.relay import running_relay
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 
 
 async def register(devnet: Devnet, key: EnclaveKey) -> None:
@@ -58,7 +58,7 @@ async def test_the_latest_node_event_and_answered_jobs_are_found_despite_range_c
     for _ in range(40):  # spread the record over more blocks than the RPC serves at once
         await devnet.mine()
 
-    async with running_http_proxy(anvil.http_url) as proxy:
+    async with running_relay(anvil.http_url) as proxy:
         proxy.max_log_range = 16
         rpc = RpcEndpoints([proxy.url])
         try:

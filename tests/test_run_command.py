@@ -23,6 +23,8 @@ from tests.sandbox_helpers import (
     workerd_bin_or_skip,
 )
 
+pytestmark = pytest.mark.workerd
+
 
 @pytest.fixture(scope="module")
 def parent() -> Iterator[Path]:

@@ -23,12 +23,13 @@ from oyster_devnet.accounts import DEV_ACCOUNTS, DevAccount
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import register_on_chain, write_node_files
+from tests.chain_helpers import ROLES
 from tests.fake_secret_store import FakeSecretStore, running_secret_store
 from tests.node_helpers import running_daemon, wait_registered, wait_until
-from tests.rpc_proxy import running_rpc_proxy
+from tests.relay import running_relay
 from tests.ws_proxy import running_ws_proxy
 
-OWNER, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[3]
+OWNER, USER = ROLES.owner, ROLES.user
 LOGGERS = ("", "executor", "web3", "aiohttp", "websockets", "asyncio", "urllib3")
 
 SECRET_JS = """
@@ -70,7 +71,7 @@ async def test_no_secret_in_debug_logs_or_admin_answers(
 
     async with (
         running_secret_store(FakeSecretStore()) as store,
-        running_rpc_proxy(anvil.http_url) as rpc,
+        running_relay(anvil.http_url) as rpc,
         running_ws_proxy(anvil.ws_url, keys={ws_key}) as ws,
     ):
         files = write_node_files(
@@ -132,7 +133,9 @@ async def test_no_secret_in_debug_logs_or_admin_answers(
             )
             assert bad.status == 400
             answers.append(bad.text)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(
+                0.5
+            )  # a short quiet period: the loops' later lines must be clean too
 
     assert any(r.levelno == logging.DEBUG and r.name.startswith("web3") for r in caplog.records)
     logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)

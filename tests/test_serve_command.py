@@ -167,7 +167,9 @@ async def test_second_signal_forces_the_stop(
         job_id = await start_hanging_job(devnet, url, deadline_ms=60_000)
         await wait_until(lambda: "executing" in log.read_text(), timeout=10, what="job start")
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await wait_until(
+            lambda: "stopping; running jobs" in log.read_text(), timeout=10, what="stop"
+        )
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         rc = await asyncio.wait_for(proc.wait(), 15)

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from executor.chain.jobs_contract import submit_output_digest
-from executor.chain.signer import (
+from executor.chain.enclave_key import (
     EnclaveKey,
     address_of_public_key,
     recover_signer,
     register_digest,
 )
+from executor.chain.jobs_contract import submit_output_digest
 from executor.errors import KeyFileError
 from tests.eip712_reference import REGISTER_FIELDS, SUBMIT_OUTPUT_FIELDS, digest, typed_data
 

@@ -3,8 +3,8 @@ signatures the contracts' ecrecover accepts."""
 
 from __future__ import annotations
 
+from executor.chain.enclave_key import TEE_MANAGER_DOMAIN, EnclaveKey, domain_separator
 from executor.chain.jobs_contract import JOBS_DOMAIN, sign_output
-from executor.chain.signer import TEE_MANAGER_DOMAIN, EnclaveKey, domain_separator
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.contracts import Devnet
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from executor.admin.client import AdminClient
-from executor.chain import txs
+from executor.chain.transactions import manager as txs
 from executor.metrics import Metrics
 from executor.supervisor import Supervisor
 from oyster_devnet.accounts import DEV_ACCOUNTS

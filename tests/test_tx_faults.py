@@ -26,6 +26,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from executor.chain.code import CodeFetcher
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.jobs_contract import (
     SUBMIT_OUTPUT_SELECTOR,
     Refusal,
@@ -34,18 +35,17 @@ from executor.chain.jobs_contract import (
     submit_output_calldata,
     submit_output_gas_bound,
 )
-from executor.chain.signer import EnclaveKey
-from executor.chain.txs import TxManager, TxOutcome, TxStatus
+from executor.chain.transactions.manager import TxManager, TxOutcome, TxStatus
 from executor.jobs import JobContext, JobRunner, Slasher
 from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
-from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
-from tests.http_proxy import running_rpc_proxy
+from tests.chain_helpers import ROLES, Rpc
 from tests.node_helpers import wait_until
+from tests.relay import running_relay
 from tests.rpc_proxy import running_rpc_proxy as lying_rpc_proxy
 
-OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
+OWNER, GAS, USER = ROLES.owner, ROLES.gas, ROLES.user
 GAS_ACCOUNT: LocalAccount = Account.from_key(GAS.private_key)
 NOBODY = Account.create().address
 GWEI = 10**9
@@ -108,12 +108,6 @@ async def submit(runner: JobRunner, devnet: Devnet, job_id: int) -> TxOutcome:
     return await runner.submit(job_id, outcome, valid_until=window_end)
 
 
-async def rpc(w3: AsyncWeb3[Any], method: str, *params: Any) -> Any:
-    response = await w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
-    assert "error" not in response, response
-    return response["result"]
-
-
 async def sent_by(w3: AsyncWeb3[Any], sender: str, from_block: int) -> list[Any]:
     """Every mined transaction from ``sender`` after ``from_block``."""
     latest = await w3.eth.block_number
@@ -143,7 +137,7 @@ async def test_outputs_survive_a_dropped_pool_while_mining_is_paused(
         await devnet.set_automine(False)
         pending = [asyncio.create_task(submit(runner, devnet, j)) for j in jobs]
         await wait_until(lambda: txm.in_flight == len(jobs), timeout=10, what="4 txs in the pool")
-        await rpc(w3, "anvil_dropAllTransactions")
+        await Rpc(w3)("anvil_dropAllTransactions")
         await devnet.set_automine(True)
         outcomes = await asyncio.wait_for(asyncio.gather(*pending), 30)
         assert [o.status for o in outcomes] == [TxStatus.MINED] * len(jobs)
@@ -171,8 +165,8 @@ async def test_outputs_are_repriced_and_land_while_the_base_fee_is_held_high(
 
         async def hold_base_fee() -> None:
             while not hold.is_set():
-                await rpc(w3, "anvil_setNextBlockBaseFeePerGas", hex(high))
-                await rpc(w3, "evm_mine")
+                await Rpc(w3)("anvil_setNextBlockBaseFeePerGas", hex(high))
+                await Rpc(w3)("evm_mine")
                 await asyncio.sleep(0.3)
 
         holder = asyncio.create_task(hold_base_fee())
@@ -200,7 +194,7 @@ async def test_a_burst_on_a_chain_that_mines_each_transaction_replaces_nothing(
     a send while the manager has not yet read the nonce that says it was mined. Taking that for a
     stuck transaction replaced outputs that were fine, and each replacement was itself a block (a
     storm of re-priced replacements, seen in the end-to-end benchmark)."""
-    caplog.set_level(logging.INFO, logger="executor.chain.inflight")
+    caplog.set_level(logging.INFO, logger="executor.chain.transactions.inflight")
     jobs = await new_jobs(devnet, [enclave.address], 40, deadline_ms=15_000)
     start = await w3.eth.block_number
 
@@ -228,7 +222,7 @@ async def test_transient_rpc_errors_never_send_a_second_output(
 ) -> None:
     jobs = await new_jobs(devnet, [enclave.address], 4, deadline_ms=15_000)
     start = await w3.eth.block_number
-    async with running_rpc_proxy(anvil.http_url) as proxy:
+    async with running_relay(anvil.http_url) as proxy:
         flaky = AsyncWeb3(AsyncHTTPProvider(proxy.url))
         try:
             proxy.fail_every = {
@@ -282,7 +276,7 @@ async def test_a_slash_of_a_completed_job_ends_at_once_quietly(
     anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=1000)
-    async with running_rpc_proxy(anvil.http_url) as proxy:
+    async with running_relay(anvil.http_url) as proxy:
         counted = AsyncWeb3(AsyncHTTPProvider(proxy.url))
         try:
             async with manager(counted, anvil.chain_id) as txm:
@@ -414,7 +408,7 @@ async def test_a_hanging_endpoint_does_not_hold_up_the_broadcast(
     w3: AsyncWeb3[Any], anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
 ) -> None:
     (job_id,) = await new_jobs(devnet, [enclave.address], 1, deadline_ms=30_000)
-    async with running_rpc_proxy(anvil.http_url) as proxy:
+    async with running_relay(anvil.http_url) as proxy:
         proxy.hang = {"eth_sendRawTransaction"}
         hanging = AsyncWeb3(AsyncHTTPProvider(proxy.url))
         txm = TxManager(w3, [hanging, w3], anvil.chain_id, poll_s=0.1, idle_poll_s=0.2)

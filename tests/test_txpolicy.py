@@ -1,4 +1,5 @@
-"""The transaction manager's pure rules (executor.chain.txpolicy): fees, nonces, RPC errors."""
+"""The transaction manager's rules (executor.chain.transactions.policy): fees, nonces, RPC
+errors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import aiohttp
 import pytest
 from web3.exceptions import ContractCustomError, TimeExhausted, Web3RPCError
 
-from executor.chain.txpolicy import (
+from executor.chain.transactions.policy import (
     Fees,
     NonceBook,
     RpcFailure,

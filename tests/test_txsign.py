@@ -7,7 +7,7 @@ from eth_utils import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.chain.txsign import sign_dynamic_fee_tx
+from executor.chain.transactions.signing import sign_dynamic_fee_tx
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from tests.fuzz_profiles import examples
 

@@ -33,6 +33,8 @@ from tests.sandbox_helpers import (
     workerd_pids_referencing,
 )
 
+pytestmark = pytest.mark.workerd
+
 
 @pytest.fixture(scope="module")
 def parent() -> Iterator[Path]:

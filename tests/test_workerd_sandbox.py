@@ -33,6 +33,7 @@ from tests.sandbox_helpers import (
     cgroup2_mount_or_skip,
     eventually,
     files_in,
+    first_slice,
     pid_alive,
     proc_file,
     sized_js,
@@ -40,6 +41,8 @@ from tests.sandbox_helpers import (
     workerd_bin_or_skip,
     workerd_pids_referencing,
 )
+
+pytestmark = pytest.mark.workerd
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +361,7 @@ async def test_workerd_runs_inside_its_slice_and_cancel_cleans_up(env: Env) -> N
     assert len(busy) == 1, "workerd never showed up in a slice"
     index, pid = busy[0]
     assert warm is None or pid in idle  # the job got an already armed process
-    slice_path = env.pool.slices[index - 1].path
+    slice_path = next(s.path for s in env.pool.slices if s.index == index)
     cgroup = proc_file(pid, "cgroup").decode()
     assert f"0::/{slice_path.relative_to(mount)}\n" in cgroup
     assert b"workerd" in proc_file(pid, "cmdline")
@@ -429,7 +432,7 @@ async def test_unconfined_runs_without_a_slice(
 
 
 def _require_limit(parent: Path, controller: str) -> None:
-    if not (parent / "workerd_1" / f"{controller}.max").exists():
+    if not (parent / f"workerd_{first_slice()}" / f"{controller}.max").exists():
         controllers = (parent / "cgroup.controllers").read_text().strip() or "none"
         pytest.skip(
             f"{controller} controller not available in {parent}/cgroup.controllers "

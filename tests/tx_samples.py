@@ -16,7 +16,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
-from executor.chain.user_code import SAVE_CODE_SELECTOR
+from executor.chain.code.calldata import SAVE_CODE_SELECTOR
 
 CHAIN_ID = 31337
 SIGNER: LocalAccount = Account.from_key("0x" + "4b" * 32)

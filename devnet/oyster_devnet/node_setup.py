@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.admin.client import AdminClient
-from executor.chain.signer import EnclaveKey
+from executor.chain.enclave_key import EnclaveKey
 from executor.config import Settings
 from oyster_devnet.accounts import DevAccount
 from oyster_devnet.anvil import AnvilNode

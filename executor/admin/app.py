@@ -18,8 +18,8 @@ from eth_account.signers.local import LocalAccount
 from executor import redact
 from executor.admin.inputs import MAX_BODY_BYTES, ZERO_ADDRESS, parse_immutable, parse_mutable
 from executor.admin.secret_store import SecretStoreClient
+from executor.chain.enclave_key import EnclaveKey
 from executor.chain.requirements import storage_capacity_problem
-from executor.chain.signer import EnclaveKey
 from executor.errors import AdminError, ChainError, SecretStoreError
 from executor.node import EXECUTOR_ENV
 

@@ -16,7 +16,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from executor.chain.txs import account_from_key
+from executor.chain.transactions import account_from_key
 from executor.errors import AdminError
 
 MAX_BODY_BYTES = 64 * 1024

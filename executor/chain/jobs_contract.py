@@ -19,7 +19,7 @@ from eth_abi import decode, encode
 from eth_abi.exceptions import DecodingError
 from eth_utils import function_signature_to_4byte_selector, keccak
 
-from executor.chain.signer import EnclaveKey, domain_separator, typed_digest
+from executor.chain.enclave_key import EnclaveKey, domain_separator, typed_digest
 
 JOBS_DOMAIN = "marlin.oyster.Jobs"
 

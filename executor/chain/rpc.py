@@ -9,7 +9,13 @@ endpoint and the request is sent there, until every endpoint failed once. JSON-R
 and ``clients``, one ``AsyncWeb3`` per endpoint (the code fetcher asks them in turn and skips an
 endpoint whose answer fails verification; raw transactions are broadcast to all of them).
 
-Endpoint URLs may carry API keys: they appear in logs only through ``redact_rpc_url``.
+``call`` is the one way the executor makes a JSON-RPC call without web3's request pipeline (the
+reads of ``transactions.reads``, the code fetcher); ``request`` and ``result_of`` are its two
+halves for callers with their own transport (``doctor``). An error answer raises
+``RpcCallError``, a ``Web3RPCError`` as web3 would raise it (``transactions.policy`` classifies it
+the same way) that is also a ``ChainError``.
+
+Endpoint URLs may carry API keys: they appear in logs only through ``executor.redact.url``.
 """
 
 from __future__ import annotations
@@ -19,15 +25,15 @@ import json
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import aiohttp
 from web3 import AsyncWeb3
-from web3.exceptions import ProviderConnectionError
+from web3.exceptions import ProviderConnectionError, Web3RPCError
 from web3.providers.async_base import AsyncJSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
 from executor import redact
+from executor.errors import ChainError
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +41,66 @@ DEFAULT_REQUEST_TIMEOUT_S = 10.0
 """Per request and endpoint; a slower endpoint is treated as down for that request."""
 
 
+_METHOD_MISSING_CODES = {-32601, -32004}
+_METHOD_MISSING_WORDS = ("not found", "not supported", "unsupported", "does not exist", "not avail")
+
+
+class RpcCallError(Web3RPCError, ChainError):
+    """A JSON-RPC call answered with an error object, or with something that is not JSON-RPC.
+
+    ``message`` is the node's own text (what ``classify_rpc_error`` matches), ``code`` its error
+    code (``None`` if it gave none), ``rpc_response`` the whole answer.
+    """
+
+    def __init__(self, method: str, response: Any) -> None:
+        error = response.get("error") if isinstance(response, dict) else None
+        if error is None:
+            error = {"message": f"not a JSON-RPC answer: {str(response)[:100]}"}
+        self.method = method
+        self.code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message", "") if isinstance(error, dict) else error
+        answer = cast(RPCResponse, response) if isinstance(response, dict) else None
+        super().__init__(str(message), rpc_response=answer)
+
+    def __str__(self) -> str:
+        return f"{self.method} answered error {self.code}: {self.message[:200]}"
+
+    @property
+    def method_missing(self) -> bool:
+        """The node does not offer ``method`` (so the caller may try another way)."""
+        if self.code in _METHOD_MISSING_CODES:
+            return True
+        text = self.message.lower()
+        return "method" in text and any(word in text for word in _METHOD_MISSING_WORDS)
+
+
+def request(method: str, params: list[Any], request_id: int = 1) -> dict[str, Any]:
+    """The JSON-RPC request object for ``method(params)``."""
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+
+
+def result_of(method: str, response: Any) -> Any:
+    """The ``result`` of a JSON-RPC answer (``None`` where the node has nothing).
+
+    Raises ``RpcCallError`` for an error answer and for anything that is not a JSON-RPC answer.
+    """
+    if not isinstance(response, dict) or response.get("error") is not None:
+        raise RpcCallError(method, response)
+    if "result" not in response:
+        raise RpcCallError(method, response)
+    return response["result"]
+
+
+async def call(w3: AsyncWeb3[Any], method: str, params: list[Any]) -> Any:
+    """The raw ``result`` of one JSON-RPC call through ``w3``'s provider (no web3 formatting).
+
+    Failover and timeouts are the provider's; transport failures propagate as it raises them.
+    """
+    return result_of(method, await w3.provider.make_request(RPCEndpoint(method), params))
+
+
 class EndpointFailure(Exception):
     """Internal: one endpoint could not answer one request."""
-
-
-def redact_rpc_url(url: str) -> str:
-    """``scheme://host:port/…``: the host stays (operators need it), path and query are masked."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    tail = "/***" if parts.path.strip("/") or parts.query else ""
-    return redact.redact(f"{parts.scheme}://{host}{port}{tail}")
 
 
 class FailoverProvider(AsyncJSONBaseProvider):
@@ -112,15 +167,15 @@ class FailoverProvider(AsyncJSONBaseProvider):
             try:
                 answer = await self._post(url, body)
             except EndpointFailure as e:
-                errors.append(f"{redact_rpc_url(url)}: {e}")
+                errors.append(f"{redact.url(url)}: {e}")
                 if len(self.urls) > 1:
                     nxt = (index + 1) % len(self.urls)
                     logger.warning(
                         "rpc %s failed on %s (%s); failing over to %s",
                         method,
-                        redact_rpc_url(url),
+                        redact.url(url),
                         e,
-                        redact_rpc_url(self.urls[nxt]),
+                        redact.url(self.urls[nxt]),
                     )
                     if self._current == index:
                         self._current = nxt

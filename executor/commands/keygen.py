@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from executor.chain.signer import EnclaveKey
+from executor.chain.enclave_key import EnclaveKey
 from executor.errors import KeyFileError
 
 

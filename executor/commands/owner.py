@@ -307,7 +307,7 @@ async def _register(args: argparse.Namespace, flavour: Any) -> int:
 
 
 async def _attestation(args: argparse.Namespace, message: Any, att: Any) -> Any:
-    from executor.chain.signer import EnclaveKey
+    from executor.chain.enclave_key import EnclaveKey
 
     if args.self_sign_attestation is not None:
         if not args.pcrs:

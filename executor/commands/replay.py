@@ -25,8 +25,7 @@ from typing import Any
 from eth_utils import keccak
 
 from executor.chain.code import CodeFetcher, FetchedCode
-from executor.chain.events import JobResponded
-from executor.chain.job_history import JobRecord, read_job
+from executor.chain.follow import JobRecord, JobResponded, read_job
 from executor.chain.rpc import RpcEndpoints
 from executor.commands.common import ChainTarget, add_chain_options, chain_target, job_id_arg
 from executor.commands.run import (

@@ -2,8 +2,8 @@
 enclave, for that job?
 
 For every ``JobResponded`` of the job it fetches the transaction named by the log's
-``transactionHash``, holds its bytes to that hash (``executor.chain.rawtx``: an RPC that rewrites
-the calldata is caught there), decodes the ``submitOutput`` call, recovers the EIP-712
+``transactionHash``, holds its bytes to that hash (``executor.chain.code.envelope``: an RPC that
+rewrites the calldata is caught there), decodes the ``submitOutput`` call, recovers the EIP-712
 ``SubmitOutput`` signer (``executor.chain.jobs_contract``, ``signer``) and checks it against the log
 and the contracts: the signer is the log's executor and one of the job's selected executors, it was
 a registered enclave on the TeeManager at that block (and who owned it; whether it still is), the
@@ -26,19 +26,18 @@ from typing import Any
 
 from web3 import AsyncWeb3
 
-from executor.chain.code import CodeFetcher, signed_tx_bytes
-from executor.chain.events import JobResponded
-from executor.chain.job_history import (
+from executor.chain.code import CodeFetcher, DecodedTx, signed_tx_bytes, verify_raw_tx
+from executor.chain.enclave_key import recover_signer
+from executor.chain.follow import (
     JobRecord,
+    JobResponded,
     block_timestamp,
     enclave_owner,
     jobs_constant,
     read_job,
 )
 from executor.chain.jobs_contract import SubmitOutputCall, decode_submit_output_calldata
-from executor.chain.rawtx import SignedTx, verify_raw_tx
 from executor.chain.rpc import RpcEndpoints
-from executor.chain.signer import recover_signer
 from executor.commands.common import ChainTarget, add_chain_options, chain_target, job_id_arg
 from executor.errors import ChainError, ExecutorError, RawTxError, TxHashMismatch
 
@@ -163,7 +162,7 @@ async def verify_job(
         await endpoints.close()
 
 
-async def fetch_verified_tx(endpoints: RpcEndpoints, tx_hash: str) -> tuple[SignedTx | None, str]:
+async def fetch_verified_tx(endpoints: RpcEndpoints, tx_hash: str) -> tuple[DecodedTx | None, str]:
     """The transaction ``tx_hash`` from the first endpoint whose bytes hash to it; else why not."""
     problems = []
     for client in endpoints.clients:

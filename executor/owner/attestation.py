@@ -30,7 +30,7 @@ import aiohttp
 from eth_abi import encode
 from eth_utils import keccak
 
-from executor.chain.signer import EnclaveKey, domain_separator, recover_signer, typed_digest
+from executor.chain.enclave_key import EnclaveKey, domain_separator, recover_signer, typed_digest
 from executor.errors import ExecutorError
 
 VERIFIER_DOMAIN = "marlin.oyster.AttestationVerifier"

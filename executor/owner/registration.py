@@ -16,7 +16,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from executor.chain.signer import address_of_public_key, recover_signer, register_digest
+from executor.chain.enclave_key import address_of_public_key, recover_signer, register_digest
 from executor.errors import ExecutorError
 
 

@@ -1,18 +1,18 @@
 """Warm single-use slices: per free slice, a workerd already started in it and warmed.
 
-Cold, a job pays for the blocking ``cgroup.procs`` write (about 18 ms here), workerd's start-up and
-its first request before its own code runs. Here those happen before the job arrives: a keeper task
-holds up to ``target`` slices, each running one ``workerd serve --experimental`` with the loader
-worker of :mod:`executor.sandbox.loader`, already asked once (a throwaway GET) so that the
-loader's isolate is ready. A job takes one ready process (:meth:`WarmPool.take`), sends it its code
-and inputs, and the process is then killed with everything in its slice (:meth:`WarmPool.retire`);
-the slice is emptied, released and armed again in the background. One process serves exactly one
-job, so jobs stay as isolated from each other as on the cold path.
+Cold, a job pays for the blocking ``cgroup.procs`` write, workerd's start-up and its first request
+before its own code runs (BENCHMARKS.md has the figures). Here those happen before the job arrives:
+a keeper task holds up to ``target`` slices, each running one ``workerd serve --experimental`` with
+the loader worker of :mod:`executor.sandbox.loader`, already asked once (a throwaway GET) so that
+the loader's isolate is ready. A job takes one ready process (:meth:`WarmPool.take`), sends it its
+code and inputs, and the process is then killed with everything in its slice
+(:meth:`WarmPool.retire`); the slice is emptied, released and armed again in the background. One
+process serves exactly one job, so jobs stay as isolated from each other as on the cold path.
 
 Arming yields to jobs. While jobs queue for a slot (a burst larger than the armed slices), freed
 slices go to them for a cold start instead of being armed: arming and then loading costs more CPU
 than one cold start. And while as many jobs run as the machine has cores, nothing is armed: a
-start-up (about 35 ms of CPU, mostly the kernel mapping workerd) would take CPU from the jobs that
+start-up (tens of ms of CPU, mostly the kernel mapping workerd) would take CPU from the jobs that
 are running, and a burst would pay for the next burst's preparation. Arming resumes as soon as the
 CPU has room and the jobs have paused for a moment (``ARM_QUIET_S``: the jobs of one block reach
 the sandbox over some milliseconds, not at once), so an idle node keeps every slice warm.
@@ -78,10 +78,10 @@ ARM_CONCURRENCY = 4
 RETRY_PAUSE_S = 1.0
 KEEPER_POLL_S = 1.0
 REUSE_S = 5.0
-"""The job's request goes on the warm-up request's connection if it has been idle for less than
-this (else on a new one), saving a connect (~0.5 ms). workerd closes an idle connection after 15 s
-(measured: it answered after 14 s, had closed by 15.5 s), so one idle under 5 s cannot be closed
-under the request; the most recently armed slice is taken first, so that it often is."""
+"""The job's request goes on the warm-up request's connection if it has been idle for less than this
+(else on a new one), saving a connect. workerd closes an idle connection after 15 s (BENCHMARKS.md),
+so one idle under 5 s cannot be closed under the request; the most recently armed slice is taken
+first, so that it often is."""
 BUSY_JOBS = os.cpu_count() or 1
 """While this many jobs run, nothing is armed (see the module docstring)."""
 ARM_QUIET_S = 0.1

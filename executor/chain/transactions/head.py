@@ -1,6 +1,6 @@
 """The chain head as the transaction manager sees it: block number, chain time and fees.
 
-One ``eth_getBlockByNumber("latest")`` per poll (read raw: :mod:`.raw`) gives all three; the tip
+One ``eth_getBlockByNumber("latest")`` per poll (read raw: :mod:`.reads`) gives all three; the tip
 suggestion is refreshed once per new block. Sending a transaction then needs no fee lookup: the
 fees are already known. Each head read feeds the daemon's one chain clock (:mod:`.clock`).
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from web3 import AsyncWeb3
 
-from executor.chain import raw
 from executor.chain.clock import ChainClock
-from executor.chain.txpolicy import Fees
+from executor.chain.transactions import reads as raw
+from executor.chain.transactions.policy import Fees
 
 logger = logging.getLogger(__name__)
 

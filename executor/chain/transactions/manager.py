@@ -33,12 +33,12 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from executor.chain import raw
-from executor.chain.broadcast import Broadcaster
 from executor.chain.clock import ChainClock
-from executor.chain.head import ChainHead, Head
-from executor.chain.inflight import Attempt, InFlight, Tracked, TxOutcome, TxStatus
-from executor.chain.txpolicy import (
+from executor.chain.transactions import reads as raw
+from executor.chain.transactions.broadcast import Broadcaster
+from executor.chain.transactions.head import ChainHead, Head
+from executor.chain.transactions.inflight import Attempt, InFlight, Tracked, TxOutcome, TxStatus
+from executor.chain.transactions.policy import (
     Fees,
     NonceBook,
     RpcFailure,
@@ -46,7 +46,7 @@ from executor.chain.txpolicy import (
     retry_transient,
     revert_data,
 )
-from executor.chain.txsign import sign_dynamic_fee_tx
+from executor.chain.transactions.signing import sign_dynamic_fee_tx
 from executor.metrics import NO_METRICS, Metrics
 from executor.supervisor import Supervisor
 
@@ -531,8 +531,8 @@ class TxManager:
         self, tracked: Tracked, fees: Fees, noop: bool
     ) -> tuple[RpcFailure | None, BaseException | None]:
         """Sign one attempt on the tracked nonce (recorded whatever the answer); broadcast it."""
-        # Signing takes ~0.2 ms (executor.chain.txsign): done inline, a worker thread would
-        # cost more than it saves.
+        # Signing takes ~0.2 ms (.signing): done inline, a worker thread would cost more than it
+        # saves.
         signed = sign_dynamic_fee_tx(
             bytes(tracked.account.key),
             chain_id=self._chain_id,

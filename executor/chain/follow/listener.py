@@ -48,7 +48,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import BlockNotFound, Web3Exception
 
 from executor import redact
-from executor.chain.events import (
+from executor.chain.follow.events import (
     ChainEvent,
     EventDecodeError,
     LogPosition,
@@ -56,8 +56,8 @@ from executor.chain.events import (
     StreamItem,
     decode_log,
 )
-from executor.chain.window import ChainWindow
-from executor.chain.wsmessages import parse_head, parse_log, parse_notification
+from executor.chain.follow.window import ChainWindow
+from executor.chain.follow.wsmessages import parse_head, parse_log, parse_notification
 from executor.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class LogStream:
             "%s: connection to %s lost or failed (%s); %d consecutive failure(s); "
             "reconnecting to endpoint %d/%d in %.2fs from block %d",
             self._name,
-            redact_url(self._current_url),
+            redact.url(self._current_url),
             health.last_error,
             health.consecutive_failures,
             self._endpoint % endpoints + 1,
@@ -195,7 +195,7 @@ class LogStream:
             heads_sub = await self._subscribe_heads(ws)
             self._with_heads = heads_sub is not None
             self.health.connections += 1
-            self.health.endpoint = redact_url(self._current_url)
+            self.health.endpoint = redact.url(self._current_url)
             logger.info(
                 "%s: subscribed on %s (from block %d)",
                 self._name,
@@ -460,15 +460,5 @@ class LogStream:
             self._timestamps.popitem(last=False)
 
 
-def redact_url(url: str) -> str:
-    """The URL with its last path segment (where the ws API key lives) masked."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "/" not in rest:
-        return redact.redact(url)
-    head, _, last = rest.rpartition("/")
-    return redact.redact(f"{scheme}://{head}/***" if last else url)
-
-
 def _describe(e: BaseException, url: str) -> str:
-    text = str(e) or type(e).__name__
-    return redact.redact(text.replace(url, redact_url(url)) if url else text)
+    return redact.in_text(str(e) or type(e).__name__, url)

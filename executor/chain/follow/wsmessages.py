@@ -12,7 +12,7 @@ from typing import Any
 
 from hexbytes import HexBytes
 
-from executor.chain.events import NewHead
+from executor.chain.follow.events import NewHead
 
 logger = logging.getLogger(__name__)
 

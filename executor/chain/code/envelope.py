@@ -68,7 +68,7 @@ class LegacyTransaction(rlp.Serializable):
 
 
 @dataclass(frozen=True)
-class SignedTx:
+class DecodedTx:
     """What the verified bytes say: the envelope type, the recipient and the calldata."""
 
     tx_type: int
@@ -81,7 +81,7 @@ def tx_hash_of(raw: bytes) -> bytes:
     return keccak(raw)
 
 
-def verify_raw_tx(raw: bytes, tx_hash: bytes) -> SignedTx:
+def verify_raw_tx(raw: bytes, tx_hash: bytes) -> DecodedTx:
     """Decode ``raw`` after checking that it hashes to ``tx_hash``.
 
     Raises ``TxHashMismatch`` when it does not (the bytes are not that transaction) and
@@ -115,7 +115,7 @@ def blob_tx_body(raw: bytes) -> bytes | None:
     return bytes([BLOB_TYPE]) + bytes(rlp.encode(items[0]))
 
 
-def decode_signed_tx(raw: bytes) -> SignedTx:
+def decode_signed_tx(raw: bytes) -> DecodedTx:
     """The type, recipient and calldata of a signed transaction encoding (any supported type)."""
     if not raw:
         raise RawTxError("empty transaction bytes")
@@ -127,7 +127,7 @@ def decode_signed_tx(raw: bytes) -> SignedTx:
             legacy = rlp.decode(raw, LegacyTransaction)
         except rlp.exceptions.RLPException as e:
             raise RawTxError(f"malformed legacy transaction: {_short(e)}") from e
-        return SignedTx(LEGACY_TYPE, _address_or_none(legacy.to), bytes(legacy.data))
+        return DecodedTx(LEGACY_TYPE, _address_or_none(legacy.to), bytes(legacy.data))
     if first not in TYPED_TYPES:
         raise RawTxError(f"unsupported transaction type 0x{first:02x}")
     try:
@@ -135,7 +135,7 @@ def decode_signed_tx(raw: bytes) -> SignedTx:
         fields = typed.as_dict()
     except _DECODE_ERRORS as e:
         raise RawTxError(f"malformed type-{first} transaction: {_short(e)}") from e
-    return SignedTx(first, _address_or_none(fields.get("to")), bytes(fields.get("data") or b""))
+    return DecodedTx(first, _address_or_none(fields.get("to")), bytes(fields.get("data") or b""))
 
 
 def envelope_from_json(tx: Mapping[str, Any]) -> bytes:

@@ -1,9 +1,9 @@
 """Signing the executor's own transactions (EIP-1559, type 2) without eth-account's generic path.
 
 Every output's critical path signs one transaction. eth-account validates and converts a generic
-dict on each call (about 0.8 ms here); the envelope this daemon sends never changes shape, so it is
-serialized here with the ``rlp`` package and signed with coincurve (about 0.2 ms), byte for byte
-what eth-account produces (pinned by ``tests/test_txsign.py``)::
+dict on each call; the envelope this daemon sends never changes shape, so it is serialized here with
+the ``rlp`` package and signed with coincurve, in about a quarter of the CPU (BENCHMARKS.md), byte
+for byte what eth-account produces (pinned by ``tests/test_txsign.py``)::
 
     hash = keccak256(0x02 || rlp([chainId, nonce, maxPriorityFeePerGas, maxFeePerGas, gas, to,
                                   value, data, accessList=[]]))

@@ -1,7 +1,7 @@
 """Transactions sent and not yet mined, and what the manager's loop does with them each tick.
 
 Per new block, one ``eth_getTransactionCount(latest)`` per account tells which nonces are mined;
-only those transactions' receipts are read (raw: :mod:`.raw`). A pending one is replaced on its
+only those transactions' receipts are read (raw: :mod:`.reads`). A pending one is replaced on its
 nonce when stuck or underpriced, sent again when the node forgot it, and withdrawn (a 0-value
 self-transfer on its nonce) when its window closed or its submitter gave up.
 """
@@ -19,9 +19,9 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from executor.chain import raw
-from executor.chain.head import ChainHead
-from executor.chain.txpolicy import Fees, RpcFailure, revert_data
+from executor.chain.transactions import reads as raw
+from executor.chain.transactions.head import ChainHead
+from executor.chain.transactions.policy import Fees, RpcFailure, revert_data
 from executor.logs import job_label
 
 logger = logging.getLogger(__name__)
@@ -31,9 +31,8 @@ STUCK_BLOCKS = 3
 STUCK_MIN_S = 3.0
 """... once it has also waited this long. Blocks alone mislead where they come faster than the
 manager reads the chain: on a node that mines a block per transaction (anvil's automine), a burst
-of outputs is a burst of blocks, and outputs that were being mined looked stuck; each replacement
-was a block of its own, making more look stuck (the end-to-end benchmark saw 800 replacements in
-18 s, with outputs stalled until their window closed)."""
+of outputs is a burst of blocks, so outputs being mined would look stuck, and each replacement,
+a block of its own, would make more look stuck (BENCHMARKS.md, "What each change measured")."""
 RECHECK_S = 2.0
 """While no block comes, a pending transaction is looked up in the pool this often."""
 STALL_GRACE_S = 3.0

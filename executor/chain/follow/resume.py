@@ -16,7 +16,7 @@ from typing import Any
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
-from executor.chain.events import (
+from executor.chain.follow.events import (
     NODE_EVENTS,
     ChainEvent,
     EventDecodeError,

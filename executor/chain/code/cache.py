@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from executor.chain.rawtx import verify_raw_tx
-from executor.chain.user_code import decode_code_calldata
+from executor.chain.code.calldata import decode_code_calldata
+from executor.chain.code.envelope import verify_raw_tx
 from executor.outcome import ErrorCode
 
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024

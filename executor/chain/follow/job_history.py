@@ -4,7 +4,7 @@
 All of it comes from an RPC and is only as true as that RPC: ``replay`` holds the code to its hash
 (``executor.chain.code``) and ``verify`` holds each output to the enclave's signature inside the
 transaction that submitted it. Logs are decoded by the daemon's own decoders
-(``executor.chain.events``).
+(``executor.chain.follow.events``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3Exception
 from web3.types import BlockIdentifier
 
-from executor.chain.events import EventDecodeError, JobCreated, JobResponded, decode_log
+from executor.chain.follow.events import EventDecodeError, JobCreated, JobResponded, decode_log
 from executor.errors import ChainError
 
 _ZERO_ADDRESS = "0x" + "00" * 20

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from executor.chain.events import ChainEvent, LogRemoved
+from executor.chain.follow.events import ChainEvent, LogRemoved
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""The transaction manager's pure rules: fees and their bumps, nonce bookkeeping, and what an RPC
-error means. No I/O here, so every rule is unit-tested in milliseconds.
+"""The transaction manager's rules: fees and their bumps, nonce bookkeeping, and what an RPC
+error means. They do no I/O, so each is unit-tested in milliseconds; the one exception is
+``retry_transient``, which runs the caller's read and sleeps briefly between its tries.
 
 Node errors that are not reverts carry only a message (JSON-RPC code -32000/-32003 with text that
 differs between clients), so they are told apart by known phrases. A revert is recognised from its

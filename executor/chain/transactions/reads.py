@@ -4,10 +4,11 @@ web3's request pipeline (middlewares, request and result formatters: checksummed
 HexBytes, AttributeDicts for every field and log of a receipt) costs more CPU than the request
 itself; a burst of outputs on a fast chain makes several such reads per job. These helpers send the
 same JSON-RPC request through the same provider (so failover and timeouts are unchanged), return
-the raw JSON result, and read only the quantities the caller needs.
+the raw JSON result (through ``executor.chain.rpc.call``), and read only the quantities the
+caller needs.
 
-A JSON-RPC error is raised as ``Web3RPCError``, as web3 would raise it, so callers classify it the
-same way (``txpolicy.classify_rpc_error``).
+A JSON-RPC error is raised as ``RpcCallError``, a ``Web3RPCError`` as web3 would raise it, so
+callers classify it the same way (``policy.classify_rpc_error``).
 """
 
 from __future__ import annotations
@@ -15,18 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from web3 import AsyncWeb3
-from web3.exceptions import Web3RPCError
-from web3.types import RPCEndpoint
 
+from executor.chain.rpc import call
 
-async def call(w3: AsyncWeb3, method: str, params: list[Any]) -> Any:
-    """The raw ``result`` of one JSON-RPC call (``None`` where the node has nothing)."""
-    response = await w3.provider.make_request(RPCEndpoint(method), params)
-    error = response.get("error")
-    if error is not None:
-        message = error.get("message", "") if isinstance(error, dict) else str(error)
-        raise Web3RPCError(str(message), rpc_response=response)
-    return response.get("result")
+__all__ = ["block_header", "call", "nonce", "quantity", "receipt", "transaction_block"]
 
 
 def quantity(value: Any, what: str) -> int:

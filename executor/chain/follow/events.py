@@ -16,7 +16,7 @@ from eth_utils import keccak
 from eth_utils import to_checksum_address as _to_checksum_address
 from hexbytes import HexBytes
 
-from executor.chain.abi_decode import decode
+from executor.chain.follow.abi_decode import decode
 from executor.errors import ExecutorError
 
 

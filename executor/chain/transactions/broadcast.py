@@ -13,8 +13,8 @@ from typing import Any
 
 from web3 import AsyncWeb3
 
-from executor.chain import raw
-from executor.chain.txpolicy import RpcFailure, classify_rpc_error
+from executor.chain.transactions import reads as raw
+from executor.chain.transactions.policy import RpcFailure, classify_rpc_error
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,6 @@ class Broadcaster:
 
 
 async def _send_raw(client: AsyncWeb3, raw_hex: str) -> Any:
-    """``eth_sendRawTransaction`` straight to the provider (:mod:`.raw`): web3's request pipeline
+    """``eth_sendRawTransaction`` straight to the provider (:mod:`.reads`): web3's request pipeline
     adds about half a millisecond to every output's critical path."""
     return await raw.call(client, "eth_sendRawTransaction", [raw_hex])

@@ -5,7 +5,7 @@ The user's code is never stored in contract state: it is the ``inputData`` argum
 ``saveCodeInCallData(string,bytes)`` call in the transaction whose hash is the job's ``codehash``
 (docs/protocol.md §3 step 1). The RPC nodes are outside the enclave and may lie, so the code is read
 only from the transaction's signed bytes after checking that they hash to ``codehash``
-(``executor.chain.rawtx``); the JSON fields an RPC reports are never used directly.
+(``executor.chain.code.envelope``); the JSON fields an RPC reports are never used directly.
 
 Endpoints are asked in order; one that fails or whose answer does not verify is skipped for the
 next. Problems the protocol names become error codes (1: no such transaction, wrong recipient, or
@@ -25,18 +25,17 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
 from executor import redact
-from executor.chain.code_cache import CodeCache, VerifiedCode, normalize_codehash
-from executor.chain.rawtx import envelope_from_json
-from executor.chain.user_code import SAVE_CODE_SELECTOR, decode_code_calldata
+from executor.chain import rpc
+from executor.chain.code.cache import CodeCache, VerifiedCode, normalize_codehash
+from executor.chain.code.calldata import SAVE_CODE_SELECTOR, decode_code_calldata
+from executor.chain.code.envelope import envelope_from_json
+from executor.chain.rpc import RpcCallError
 from executor.errors import ChainError, RawTxError, TxHashMismatch
 from executor.outcome import ErrorCode
 
 __all__ = ["SAVE_CODE_SELECTOR", "CodeFetcher", "FetchedCode", "decode_code_calldata"]
 
 logger = logging.getLogger(__name__)
-
-_METHOD_MISSING_CODES = {-32601, -32004}
-_METHOD_MISSING_WORDS = ("not found", "not supported", "unsupported", "does not exist", "not avail")
 
 
 @dataclass(frozen=True)
@@ -45,24 +44,6 @@ class FetchedCode:
 
     code: bytes = b""
     error: ErrorCode | None = None
-
-
-class RpcCallError(ChainError):
-    """A JSON-RPC call answered with an error object."""
-
-    def __init__(self, method: str, error: Any) -> None:
-        self.method = method
-        self.code = error.get("code") if isinstance(error, dict) else None
-        message = error.get("message") if isinstance(error, dict) else error
-        self.message = str(message)[:200]
-        super().__init__(f"{method} answered error {self.code}: {self.message}")
-
-    @property
-    def method_missing(self) -> bool:
-        if self.code in _METHOD_MISSING_CODES:
-            return True
-        text = self.message.lower()
-        return "method" in text and any(word in text for word in _METHOD_MISSING_WORDS)
 
 
 class CodeFetcher:
@@ -177,16 +158,13 @@ async def _raw_transaction(client: AsyncWeb3, key: str) -> bytes | None:
 
 
 async def _call(client: AsyncWeb3, method: str, key: str) -> Any:
-    """One JSON-RPC call, straight to the provider (no web3 result formatting)."""
+    """``rpc.call``, with a transport failure raised as ``ChainError`` (the endpoint is skipped)."""
     try:
-        response = await client.provider.make_request(method, [key])
+        return await rpc.call(client, method, [key])
+    except RpcCallError:
+        raise
     except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
         raise ChainError(f"{method}: {type(e).__name__}: {str(e)[:200]}") from e
-    if not isinstance(response, dict):
-        raise ChainError(f"{method}: the answer is not a JSON-RPC object")
-    if response.get("error") is not None:
-        raise RpcCallError(method, response["error"])
-    return response.get("result")
 
 
 def endpoint_name(client: AsyncWeb3) -> str:
