@@ -714,7 +714,7 @@ async def check_storage_requirement(ctx: Context) -> Check:
             params = [{"to": to, "data": "0x" + data.hex()}, "latest"]
             try:
                 result = await _http_rpc(session, url, "eth_call", params)
-            except ValueError:
+            except (RpcCallError, ValueError):
                 return None  # a revert (no such function): the contracts say nothing
             return bytes.fromhex(result[2:]) if isinstance(result, str) else None
 

@@ -28,8 +28,9 @@ from executor.outcome import MAX_OUTPUT_BYTES, ErrorCode, JobOutcome
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import init_and_register, write_node_files
+from tests.chain_helpers import Rpc
 from tests.node_helpers import CODE_ECHO, running_daemon, wait_registered, wait_until
-from tests.test_tx_faults import GAS, OWNER, USER, enclave, manager, rpc, runner_for, sent_by
+from tests.test_tx_faults import GAS, OWNER, USER, enclave, manager, runner_for, sent_by
 
 __all__ = ["enclave"]  # the fixture, re-used
 
@@ -181,10 +182,10 @@ async def test_an_output_that_ran_out_of_gas_on_chain_is_sent_again_with_more(
                 "type": 2,
             }
             await w3.eth.send_raw_transaction(user.sign_transaction(tx).raw_transaction)
-            await rpc(w3, "evm_mine")
+            await Rpc(w3)("evm_mine")
             while not pending.done():
                 await asyncio.sleep(0.2)
-                await rpc(w3, "evm_mine")
+                await Rpc(w3)("evm_mine")
             sent = await pending
         finally:
             await devnet.set_automine(True)

@@ -164,21 +164,19 @@ def test_report_shows_a_heap_hungry_functions_peak_memory(
 ) -> None:
     code = write(tmp_path, "heap.js", HEAP_JS)
     result = run(code, "--cgroup-parent", parent, "--json", *path_flags)
-    limits_enforced = SlicePool.discover(parent).limits().enforced
-    if limits_enforced:  # the slice's 100M memory.max stops it: no "kept 160 MiB" answer
-        assert b"kept 160 MiB" not in result.stdout.encode(), result.stdout
-        return
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    assert report["output"] == "kept 160 MiB"
-    assert report["limits"] == "production" and report["limits_enforced"] is False
-    assert report["peak_memory_bytes"] > 160 * 1024 * 1024  # 160 MiB of arrays, resident
+    # The heap cap inside every workerd holds on any host: the job exhausts its memory and gets
+    # the deterministic answer a production executor signs.
+    assert report["error_code"] == 0 and report["output"] == "Internal Server Error", report
+    assert report["limits"] == "production"
+    assert report["peak_memory_bytes"] > 40 * 1024 * 1024  # it did grow before the cap
     assert report["memory_limit_bytes"] == 100 * 1024 * 1024
     assert report["cpu_time_ms"] > 0 and report["wall_time_ms"] >= report["total_time_ms"] - 1
 
     text = run(code, "--cgroup-parent", parent, *path_flags).stdout
-    assert "peak memory: " in text and "OVER it: a production executor stops the job" in text
-    assert "limits: production slice, but memory/cpu limits NOT enforced" in text
+    assert "peak memory: " in text and "V8 heap cap" in text
+    assert "error code for the chain: 0 (OK)" in text
 
 
 def test_report_of_a_small_function(parent: Path, tmp_path: Path) -> None:
@@ -197,5 +195,5 @@ def test_report_of_an_oversized_output_and_limits_none(tmp_path: Path) -> None:
     result = run(code, "--limits", "none")
     assert result.returncode == 15, result.stdout + result.stderr
     assert "output size: over the 20480-byte cap (error code 5)" in result.stdout
-    assert "limits: none (no cgroup slice" in result.stdout
+    assert "limits: no cgroup slice" in result.stdout
     assert "UNCONFINED" in result.stderr

@@ -19,7 +19,7 @@ from web3.exceptions import ContractLogicError
 
 from executor.admin.client import AdminClient
 from executor.chain.requirements import min_storage_capacity, storage_capacity_problem
-from executor.errors import AdminError
+from executor.errors import AdminRefused
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet
 from oyster_devnet.node_setup import write_node_files
@@ -99,7 +99,7 @@ async def check_registration(files: Any, capacity: int | None) -> None:
             message = (await client.expect_ok("GET", "/signed-registration-message")).json()
             assert message["storage_capacity"] == capacity
             return
-        with pytest.raises(AdminError) as refused:
+        with pytest.raises(AdminRefused) as refused:
             await client.expect_ok("GET", "/signed-registration-message")
         text = str(refused.value)
         assert f"storage capacity {capacity or 0}" in text

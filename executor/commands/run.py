@@ -328,11 +328,17 @@ class Report:
         )
 
     def limits_line(self) -> str:
+        from executor.sandbox.workerd import JOB_DATA_BUDGET, JOB_HEAP_MB
+
+        everywhere = (
+            f"in every workerd: V8 heap cap {JOB_HEAP_MB} MB, data +{JOB_DATA_BUDGET >> 20} MB; "
+            f"a job that exhausts them is answered 'Internal Server Error' (error code 0)"
+        )
         if self.limits is None:
-            return "limits: none (no cgroup slice: no memory or CPU limit was applied)"
+            return f"limits: no cgroup slice (no cgroup memory or CPU limit); {everywhere}"
         if self.limits.enforced:
-            return f"limits: production ({self.limits.describe()})"
-        return f"limits: production slice, but {self.limits.describe()}"
+            return f"limits: production ({self.limits.describe()}); {everywhere}"
+        return f"limits: production slice, but {self.limits.describe()}; {everywhere}"
 
     def json(self) -> str:
         outcome, usage = self.run.outcome, self.run.usage

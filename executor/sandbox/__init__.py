@@ -6,6 +6,21 @@ Inside: :mod:`.admission` queues jobs for slots, :mod:`.paths` runs one job warm
 :mod:`.locate` finds the workerd executable.
 """
 
-from executor.sandbox.core import Sandbox
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executor.sandbox.core import Sandbox
 
 __all__ = ["Sandbox"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Sandbox`` is imported on first use, so that a submodule (e.g. :mod:`.workerd`) can be
+    imported alone, without the HTTP client and the configs the whole sandbox needs."""
+    if name == "Sandbox":
+        from executor.sandbox.core import Sandbox
+
+        return Sandbox
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

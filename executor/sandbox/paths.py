@@ -50,6 +50,8 @@ from executor.sandbox.workerd import (
 log = logging.getLogger(__name__)
 
 EXIT_WAIT_S = 2.0
+NO_RESPONSE = b"the handler sent no response"
+"""What workerd logs when it drops a request its module has no handler for (it stays up)."""
 """After a broken request, how long workerd may take to finish dying (its crash handler prints a
 stack trace first) before the evidence is judged; the job's deadline bounds it too."""
 
@@ -200,7 +202,7 @@ class ColdPath:
             except http1.HttpError as e:
                 if await memory_exhausted(proc, self._slice, self._oom_kills):
                     return _out_of_memory(job, proc)
-                if proc.returncode is None and "broke" in str(e):
+                if proc.returncode is None and NO_RESPONSE in proc.stderr.data:
                     # workerd alive, request dropped: what it does to a module without a handler
                     raise SandboxError(
                         f"{job.label}: workerd sent no response, as for a module without a "
