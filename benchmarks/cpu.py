@@ -108,7 +108,7 @@ async def wait_quiet(
     timeout_s: float = 10.0,
 ) -> float:
     """Wait until ``meter``'s processes and cgroups used at most ``idle_ms`` of CPU in every
-    ``interval_s`` stretch for ``quiet_s`` (the daemon done arming its slices, which starts 0.1 s
+    ``interval_s`` stretch for ``quiet_s`` (the daemon done arming its slices, which starts 20 ms
     after the last job; anvil done mining), so that the next measurement, ours or bare workerd's,
     does not pay for work left over from the previous one. Returns the seconds waited (gives up,
     quietly, after ``timeout_s``).

@@ -15,7 +15,10 @@ than one cold start. And while as many jobs run as the machine has cores, nothin
 start-up (tens of ms of CPU, mostly the kernel mapping workerd) would take CPU from the jobs that
 are running, and a burst would pay for the next burst's preparation. Arming resumes as soon as the
 CPU has room and the jobs have paused for a moment (``ARM_QUIET_S``: the jobs of one block reach
-the sandbox over some milliseconds, not at once), so an idle node keeps every slice warm.
+the sandbox over some milliseconds, not at once), so an idle node keeps every slice warm. The
+pause is short (20 ms): a longer one never came between the jobs of a user sending one job after
+another, so the armed slices ran out and jobs started cold (the tail of BENCHMARKS.md); a start-up
+runs at the lowest priority (nice 19) anyway, so it yields to the jobs that follow.
 
 Every loader listens on a port the kernel picks (``127.0.0.1:0``, reported on workerd's control
 fd), so slices own no port and processes sharing a host cannot collide.
@@ -84,7 +87,7 @@ so one idle under 5 s cannot be closed under the request; the most recently arme
 first, so that it often is."""
 BUSY_JOBS = os.cpu_count() or 1
 """While this many jobs run, nothing is armed (see the module docstring)."""
-ARM_QUIET_S = 0.1
+ARM_QUIET_S = 0.02
 """Nothing is armed until this long after a job last started or finished."""
 PRELOAD_TTL_S = 30.0
 """A pre-loaded process no job has taken for this long is re-armed plain (its top level may
