@@ -41,9 +41,10 @@ from executor.errors import ChainError
 from executor.health import NodeHealth
 from executor.jobs import ExecuteFn, JobContext, JobRunner, Slasher
 from executor.metrics import NO_METRICS, Metrics
-from executor.node import ChainFollower, NodeStatus, TimeoutWatch
+from executor.node import ChainFollower, NodeStatus
 from executor.supervisor import Supervisor
 from executor.tasks import TaskSet
+from executor.timeouts import TimeoutWatch
 
 logger = logging.getLogger(__name__)
 

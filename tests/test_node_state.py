@@ -12,13 +12,12 @@ from executor.chain.follow.events import JobCreated, JobResponded, LogPosition, 
 from executor.chain.follow.listener import REORG_WINDOW_BLOCKS, LogStream
 from executor.node import (
     JOB_HORIZON_BLOCKS,
-    MAX_TIMERS,
     MAX_TRACKED_JOBS,
     ChainFollower,
     NodeStatus,
-    TimeoutWatch,
 )
 from executor.tasks import TaskSet
+from executor.timeouts import MAX_TIMERS, TimeoutWatch
 
 ME = "0x" + "AB" * 20
 JOBS = "0x" + "CD" * 20
