@@ -50,7 +50,7 @@ _TARGET_FLAGS = (
 
 def add_chain_options(parser: argparse.ArgumentParser, *, tee_manager: bool) -> None:
     """``--rpc --jobs --code-contract [--tee-manager]``, each defaulting to the config file's key,
-    so that a dApp author needs no config file and an operator needs no flags."""
+    so that a dApp author needs no config file and an operator needs no flags; ``--from-block``."""
     group = parser.add_argument_group(
         "chain", "each flag defaults to the operator config file's key (--config-file)"
     )
@@ -64,6 +64,14 @@ def add_chain_options(parser: argparse.ArgumentParser, *, tee_manager: bool) -> 
         default=None,
         help=f"operator JSON config to read the missing ones from (default: {DEFAULT_CONFIG_FILE} "
         "when it exists)",
+    )
+    group.add_argument(
+        "--from-block",
+        type=int,
+        default=0,
+        metavar="N",
+        help="search the job's logs from this block (default 0; RPCs that limit eth_getLogs "
+        "ranges need one near the job)",
     )
 
 

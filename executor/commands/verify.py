@@ -102,13 +102,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("job_id", type=job_id_arg, metavar="JOB_ID", help="the job's id")
     add_chain_options(parser, tee_manager=True)
     parser.add_argument(
-        "--from-block",
-        type=int,
-        default=0,
-        metavar="N",
-        help="search the job's logs from this block (default 0)",
-    )
-    parser.add_argument(
         "--code",
         type=Path,
         metavar="FILE",
