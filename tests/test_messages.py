@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from pathlib import Path
@@ -60,3 +61,25 @@ async def test_a_vsock_that_cannot_bind_says_what_is_missing(
     last = out.strip().splitlines()[-1]
     assert "cannot serve the admin API on vsock://88:6000: Cannot assign requested address" in last
     assert "no vsock device has CID 88 here" in last and "--tcp-addr" in last
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path) -> None:
+    """``keygen | head -1``: the pipe closes before the last lines are written."""
+    import subprocess
+
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first write (or the flush at the end) breaks the pipe
+    try:
+        keys = ["--secret", str(tmp_path / "k.sec"), "--public", str(tmp_path / "k.pub")]
+        result = subprocess.run(
+            [sys.executable, "-m", "executor", "keygen", *keys],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 141
+    assert (tmp_path / "k.sec").stat().st_size == 32  # the key was written all the same
