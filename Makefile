@@ -36,10 +36,14 @@ demo: setup
 # in one process.
 TEST_WORKERS ?= 4
 PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+# Tests marked `alone` (they load the machine themselves: a block of spinning jobs, the soak)
+# run first, in one process with nothing else beside them; then the rest in parallel.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy executor devnet/oyster_devnet benchmarks
-	$(PY) -m pytest $(PYTEST_PARALLEL)
+	$(PY) -m pytest -m alone; alone=$$?; \
+	$(PY) -m pytest -m "not alone" $(PYTEST_PARALLEL); rest=$$?; \
+	test $$alone -eq 0 -a $$rest -eq 0
 
 # The fast unit tests only: nothing that starts anvil or workerd (markers in pyproject.toml).
 test-unit: setup

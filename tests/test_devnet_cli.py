@@ -116,7 +116,12 @@ async def test_the_devnet_explains_what_happened(tmp_path: Path) -> None:
         for job, (out, _) in zip(jobs, results, strict=True):
             text = out.decode()
             assert job.returncode == 0, text
-            assert text.count("output: 49") == 2, text
+            # 2 slices per executor: like production's createJob, the devnet selects only
+            # executors with a free slot, so the third of three concurrent jobs may get one
+            selected = re.search(r"selected executors: (.*)", text)
+            assert selected is not None, text
+            count = len(selected.group(1).split(","))
+            assert text.count("output: 49") == count >= 1, text
             assert "console: squaring 7" in text, text
             assert "Traceback" not in text and "nonce" not in text, text
 

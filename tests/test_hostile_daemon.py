@@ -21,6 +21,10 @@ from tests.sandbox_helpers import slice_parent
 from tests.test_daemon_tx_faults import rpc
 from tests.test_hostile_jobs import HEAP_BLOAT_JS
 
+pytestmark = (
+    pytest.mark.alone
+)  # 19 spinning jobs: their timing is the point, on a machine of its own
+
 OWNER, GAS, USER = DEV_ACCOUNTS[1], DEV_ACCOUNTS[2], DEV_ACCOUNTS[3]
 SLICES = 20
 SPIN_JS = "export default { async fetch() { for (;;) {} } };"

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.soak import soak
+
+pytestmark = pytest.mark.alone  # its burner would slow every test beside it
 
 
 async def test_no_job_is_lost_or_doubled_under_load_and_websocket_cuts(tmp_path: Path) -> None:

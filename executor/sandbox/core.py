@@ -36,9 +36,14 @@ from executor.sandbox.loader import encode_frame, preload_key
 from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.paths import ColdPath, ExecutionPath, Job, WarmPath
 from executor.sandbox.warm import WarmPool, WarmWorker
+from executor.sandbox.workerd import ARM_NICE, lower_priority
 from executor.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+LONG_JOB_S = 0.25
+"""A job still running after this long is demoted to :data:`LONG_JOB_NICE` (``_Demotion``)."""
+LONG_JOB_NICE = ARM_NICE
 
 
 class Sandbox:
@@ -177,6 +182,7 @@ class Sandbox:
         job = Job(name, code, inputs, secret, _read_secret(name, secret) if wanted else None)
         key = preload_key(code, secret_id, job.secret) if self._warm is not None else None
         path: ExecutionPath | None = None
+        demote: _Demotion | None = None
         extra_logs = ""
         if self._warm is not None:
             self._warm.job_started()
@@ -186,6 +192,7 @@ class Sandbox:
             try:
                 async with timeout:
                     path = await self._take_path(key)
+                    demote = _Demotion(path)
                     self.runs[path.name] += 1
                     if isinstance(path, WarmPath) and path.preloaded:
                         self.preloaded_runs += 1
@@ -200,6 +207,8 @@ class Sandbox:
             else:
                 elapsed_ms = min(deadline_ms, int((time.monotonic() - started) * 1000))
         finally:
+            if demote is not None:
+                demote.cancel()
             try:
                 if path is not None:
                     await _run_to_completion(path.finish())
@@ -237,6 +246,28 @@ class Sandbox:
         if self._admission is None:
             return None, None
         return await self._admission.take(key)
+
+
+class _Demotion:
+    """After :data:`LONG_JOB_S` of running, a job's workerd drops to the lowest priority
+    (:data:`LONG_JOB_NICE`): where no cpu controller divides the CPU, jobs that spin do not
+    crowd out the short ones that arrive with them (a block of 19 spinners and one normal job),
+    and the daemon keeps its own priority above them all."""
+
+    def __init__(self, path: ExecutionPath) -> None:
+        self._path = path
+        self._handle = asyncio.get_running_loop().call_later(LONG_JOB_S, self._fire)
+
+    def _fire(self) -> None:
+        proc = self._path.proc
+        if proc is None:  # a cold start not started yet: look again shortly
+            self._handle = asyncio.get_running_loop().call_later(LONG_JOB_S / 4, self._fire)
+            return
+        if proc.returncode is None:
+            lower_priority(proc.pid, LONG_JOB_NICE)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _read_secret(job: str, path: Path | None) -> bytes | None:

@@ -586,6 +586,16 @@ class WorkerdProcess:
         return out + err if not out or out.endswith("\n") else f"{out}\n{err}"
 
     def stderr_tail(self, limit: int = 400) -> str:
-        """The end of stderr, printable ASCII only, for an error message."""
-        tail = self.stderr.data[-limit:].decode("ascii", errors="replace")
-        return re.sub(r"[^\x20-\x7e]+", " ", tail).strip()
+        """The end of stderr, printable ASCII only, for an error message; led by workerd's last
+        ``Uncaught`` report when the end is only a stack trace after it."""
+        data = self.stderr.data
+        tail = _printable(data[-limit:])
+        start = data.rfind(b"Uncaught")
+        if start == -1 or start >= len(data) - limit:
+            return tail
+        line = data[start : data.find(b"\n", start) if b"\n" in data[start:] else len(data)]
+        return f"{_printable(line[:200])} ... {tail}"
+
+
+def _printable(data: bytes) -> str:
+    return re.sub(r"[^\x20-\x7e]+", " ", data.decode("ascii", errors="replace")).strip()
