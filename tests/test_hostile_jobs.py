@@ -22,6 +22,7 @@ from executor.errors import SandboxError, WorkerdCrashError
 from executor.outcome import ErrorCode
 from executor.sandbox import Sandbox
 from executor.sandbox.cgroups import SlicePool
+from executor.sandbox.core import LONG_JOB_NICE
 from executor.sandbox.outbound import OutboundBudget
 from executor.sandbox.warm import WarmWorker
 from executor.sandbox.workerd import ARM_NICE, job_nice
@@ -239,6 +240,15 @@ async def test_workerd_runs_at_a_lower_priority_than_the_daemon(sandbox: Sandbox
         )
 
     await eventually(every_thread_nice, within_s=2)
+
+    def running_long_at_the_lowest() -> bool:
+        # Still running after LONG_JOB_S: the job's process drops to LONG_JOB_NICE (19), so a
+        # spinner gives way to the short jobs that arrive beside it.
+        waiting = set(sandbox.warm.ready_pids()) if sandbox.warm is not None else set()
+        busy = [p for p in workerd_pids_referencing(runtime) if p not in waiting]
+        return bool(busy) and all(set(_thread_nices(p).values()) == {LONG_JOB_NICE} for p in busy)
+
+    await eventually(running_long_at_the_lowest, within_s=2)
     assert (await job).error_code == ErrorCode.DEADLINE_EXCEEDED
 
 
