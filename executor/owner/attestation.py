@@ -32,6 +32,7 @@ from eth_utils import keccak
 
 from executor.chain.enclave_key import EnclaveKey, domain_separator, recover_signer, typed_digest
 from executor.errors import ExecutorError
+from executor.owner.registration import fixed_hex
 
 VERIFIER_DOMAIN = "marlin.oyster.AttestationVerifier"
 ATTESTATION_TYPEHASH = keccak(
@@ -127,12 +128,12 @@ def from_verifier_reply(data: Any, where: str) -> SignedAttestation:
         )
     try:
         return SignedAttestation(
-            enclave_public_key=_hex(data["public_key"], "public_key", 64),
-            pcr0=_hex(data["pcr0"], "pcr0", PCR_BYTES),
-            pcr1=_hex(data["pcr1"], "pcr1", PCR_BYTES),
-            pcr2=_hex(data["pcr2"], "pcr2", PCR_BYTES),
+            enclave_public_key=fixed_hex(data["public_key"], "public_key", 64),
+            pcr0=fixed_hex(data["pcr0"], "pcr0", PCR_BYTES),
+            pcr1=fixed_hex(data["pcr1"], "pcr1", PCR_BYTES),
+            pcr2=fixed_hex(data["pcr2"], "pcr2", PCR_BYTES),
             timestamp_ms=_timestamp(data.get("timestamp", data.get("timestamp_ms"))),
-            signature=_hex(data["signature"], "signature", 65),
+            signature=fixed_hex(data["signature"], "signature", 65),
         )
     except KeyError as e:
         raise AttestationError(f"{where}: missing field {e}") from e
@@ -188,17 +189,6 @@ async def fetch_and_verify(attestation_url: str, verifier_url: str) -> SignedAtt
     except ValueError as e:
         raise AttestationError(f"the verifier {verifier_url} answered no JSON: {e}") from e
     return from_verifier_reply(reply, f"the verifier's reply ({verifier_url})")
-
-
-def _hex(value: Any, name: str, size: int) -> bytes:
-    text = str(value).removeprefix("0x")
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raise ValueError(f"{name} is not hex") from None
-    if len(raw) != size:
-        raise ValueError(f"{name} must be {size} bytes, got {len(raw)}")
-    return raw
 
 
 def _timestamp(value: Any) -> int:

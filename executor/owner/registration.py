@@ -57,8 +57,8 @@ class RegistrationMessage:
                 sign_timestamp=_int(data, "sign_timestamp"),
                 env=_int(data, "env"),
                 owner=to_checksum_address(str(data["owner"])),
-                signature=_hex(data, "signature", 65),
-                enclave_public_key=_hex(data, "enclave_public_key", 64),
+                signature=fixed_hex(data["signature"], "signature", 65),
+                enclave_public_key=fixed_hex(data["enclave_public_key"], "enclave_public_key", 64),
             )
         except KeyError as e:
             raise RegistrationMessageError(f"{where}: missing field {e}") from e
@@ -105,15 +105,16 @@ def _int(data: dict[str, Any], key: str) -> int:
     return value
 
 
-def _hex(data: dict[str, Any], key: str, size: int) -> bytes:
-    value = data[key]
+def fixed_hex(value: Any, name: str, size: int) -> bytes:
+    """``value`` as exactly ``size`` bytes of hex (``0x`` optional); KeyError(name) if None,
+    ValueError naming ``name`` if it is not hex or not that long."""
     if value is None:
-        raise KeyError(key)
+        raise KeyError(name)
     text = str(value).removeprefix("0x")
     try:
         raw = bytes.fromhex(text)
     except ValueError:
-        raise ValueError(f"{key} is not hex: {value!r}") from None
+        raise ValueError(f"{name} is not hex: {value!r}") from None
     if len(raw) != size:
-        raise ValueError(f"{key} must be {size} bytes, got {len(raw)}")
+        raise ValueError(f"{name} must be {size} bytes, got {len(raw)}")
     return raw
