@@ -179,7 +179,9 @@ async def test_top_level_buffers_are_bounded_too(sandbox: Sandbox) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             assert isinstance(outcome, SandboxError), outcome
-            assert "Array buffer allocation failed" in str(outcome)
+            # a start failure: workerd's report is the RangeError, or (seen under load) a fatal
+            # allocator error whose stack trace ends stderr
+            assert "before listening" in str(outcome), outcome
         else:
             assert (outcome.error_code, outcome.output) == (ErrorCode.OK, b"Internal Server Error")
     assert sum(sorted(rss.peaks.values())[-2:]) < PEAK_RSS_LIMIT_KB, rss.peaks
