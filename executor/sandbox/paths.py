@@ -9,8 +9,9 @@ Both paths decide an exhausted memory the same way (:func:`memory_exhausted`): w
 under a job, the answer is the one a cold workerd killed under its cgroup limit gets in the
 original executor, errorCode 0 with ``Internal Server Error``, but only on evidence the job cannot
 fake: the slice's ``memory.events`` counted an OOM kill during the job, or the process ended by
-itself with V8's out-of-memory report as its last words. Without such evidence it is a host
-fault: ``WorkerdCrashError``, nothing submitted.
+itself the way workerd ends when its memory runs out (``WorkerdProcess.ended_out_of_memory``: its
+last words and the way it exited). Without such evidence it is a host fault:
+``WorkerdCrashError``, nothing submitted.
 """
 
 from __future__ import annotations

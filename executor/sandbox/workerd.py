@@ -188,19 +188,33 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 class BoundedCapture:
-    """Drains one output pipe to EOF, keeping only its first ``limit`` bytes."""
+    """Drains one output pipe to EOF, keeping only its first ``limit`` bytes.
 
-    def __init__(self, stream: asyncio.StreamReader, limit: int = CAPTURE_LIMIT) -> None:
+    ``watch``, if given, is looked for in everything read (kept or not, across reads):
+    :attr:`watched` tells whether it was seen.
+    """
+
+    def __init__(
+        self,
+        stream: asyncio.StreamReader,
+        limit: int = CAPTURE_LIMIT,
+        watch: re.Pattern[bytes] | None = None,
+    ) -> None:
         self._chunks: list[bytes] = []
         self._kept = 0
         self.dropped = 0
         self._limit = limit
         self.tail = b""
         """The last :data:`TAIL_LIMIT` bytes read, kept even when the limit dropped them."""
+        self._watch = watch
+        self.watched = False
         self.task = asyncio.ensure_future(self._drain(stream))
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
+            if self._watch is not None and not self.watched:
+                # the end of the tail so far: a match split between two reads is still seen
+                self.watched = self._watch.search(self.tail[-_WATCH_OVERLAP:] + chunk) is not None
             self.tail = (self.tail + chunk)[-TAIL_LIMIT:]
             room = self._limit - self._kept
             if room > 0:
@@ -214,6 +228,7 @@ class BoundedCapture:
         self._kept = 0
         self.dropped = 0
         self.tail = b""
+        self.watched = False
 
     @property
     def data(self) -> bytes:
@@ -298,14 +313,20 @@ def use_pidfd_exit_watcher() -> None:
     asyncio.set_child_watcher(PidfdExitWatcher())
 
 
-_OOM_REPORT = re.compile(
+_V8_FATAL_OOM = re.compile(
     # workerd's handler of V8's fatal errors (the heap cap, most often), then its crash handler
     rb"fatal: V8 fatal error; location = [^\n]*; message = [^\n]*"
     rb"(?:out of memory|Reached heap limit)[^\n]*\n"
     rb"\*\*\* Received signal #6: Aborted\nstack:[^\n]*\n*\Z"
-    # V8's own report when the process cannot get memory at all (RLIMIT_DATA), then SIGTRAP
-    rb"|\n# Fatal process out of memory: [^\n]*\n#\n*\Z"
 )
+_ABORTED = re.compile(rb"\*\*\* Received signal #6: Aborted\nstack:[^\n]*\n*\Z")
+"""The crash handler's last words after an abort; it then exits with status 1."""
+ALLOCATOR_FAILED = re.compile(rb"Unable to allocate \d+ \(new failed\)")
+"""tcmalloc's first words when ``operator new`` is refused memory (RLIMIT_DATA): its statistics
+page (longer than the tail kept) and an abort follow."""
+_V8_PROCESS_OOM = re.compile(rb"\n# Fatal process out of memory: [^\n]*\n#\n*\Z")
+"""V8's own report when the process cannot get memory at all (RLIMIT_DATA); SIGTRAP follows."""
+_WATCH_OVERLAP = 64
 _warned: set[str] = set()
 
 
@@ -397,7 +418,7 @@ class WorkerdProcess:
         self._workerd_bin: Path | None = None
         assert proc.stdout is not None and proc.stderr is not None
         self.stdout = BoundedCapture(proc.stdout)
-        self.stderr = BoundedCapture(proc.stderr)
+        self.stderr = BoundedCapture(proc.stderr, watch=ALLOCATOR_FAILED)
 
     @classmethod
     async def spawn(
@@ -515,13 +536,23 @@ class WorkerdProcess:
     def ended_out_of_memory(self) -> bool:
         """Whether the process ended by itself with V8's out-of-memory report as its last words.
 
-        The report is workerd's fatal-error line followed by its crash handler's signal line and
-        stack trace: user code can print anything through ``console.error``, but it cannot make
-        workerd exit, and nothing can write after the crash handler.
+        The report is one of three, each with the exit it ends in: workerd's fatal-error line
+        then its crash handler's abort (which exits with a status); tcmalloc's refused allocation
+        then (after its statistics) the same abort; V8's "Fatal process out of memory" then death
+        by SIGTRAP. User code can print anything through ``console.error``, but it cannot make
+        workerd exit that way: a process killed from outside (another signal) after printing a
+        report did not run out of memory.
         """
         if self._killed or self.returncode is None or self.returncode == 0:
             return False
-        return _OOM_REPORT.search(self.stderr.tail) is not None
+        tail = self.stderr.tail
+        if self.returncode == -signal.SIGTRAP:
+            return _V8_PROCESS_OOM.search(tail) is not None
+        if self.returncode < 0:  # killed by a signal: not by its crash handler's own exit
+            return False
+        if _V8_FATAL_OOM.search(tail) is not None:
+            return True
+        return self.stderr.watched and _ABORTED.search(tail) is not None
 
     @property
     def pid(self) -> int:
