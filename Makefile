@@ -60,7 +60,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy executor devnet/oyster_devnet benchmarks
 
-# Recompiles contracts/devnet/*.sol with the pinned npm solc and refreshes contracts/abi + artifacts.
+# Recompiles contracts/devnet/*.sol with the pinned npm solc and refreshes executor/abi + artifacts.
 contracts: setup
 	node contracts/build.mjs
 

@@ -3,9 +3,9 @@
 //   node contracts/build.mjs        (from the repository root; also `make contracts`)
 //
 // Writes, with stable formatting so that a rebuild gives no diff:
-//   contracts/abi/<Name>.json            the ABI of interfaces/I<Name>.sol: what the executor uses
+//   executor/abi/<Name>.json            the ABI of interfaces/I<Name>.sol: what the executor uses
 //   contracts/devnet/build/<Name>.json   {"abi": [...], "bytecode": "0x..."} of devnet/<Name>.sol
-//   contracts/abi/<Name>.json            also the ABI of each interfaces/I<Name>.sol in OWNER_ABIS:
+//   executor/abi/<Name>.json            also the ABI of each interfaces/I<Name>.sol in OWNER_ABIS:
 //                                        what `oyster-executor owner` sends the owner's calls with
 // Any compiler error or warning fails the build.
 
@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import solc from "solc";
 
 const CONTRACTS = dirname(fileURLToPath(import.meta.url));
+const ABI_DIR = join(CONTRACTS, "..", "executor", "abi"); // package data: the wheel carries it
 const SOURCE_DIRS = ["interfaces", "devnet"];
 const CONTRACT_NAMES = ["Jobs", "TeeManager", "UserCode"];
 /** Devnet contracts without an interface of the executor's (samples for dApp developers). */
@@ -78,7 +79,7 @@ function main() {
     const iface = contractOutput(contracts, `interfaces/I${name}.sol`, `I${name}`);
     const devnet = contractOutput(contracts, `devnet/${name}.sol`, name);
     const targets = [
-      [join(CONTRACTS, "abi", `${name}.json`), iface.abi],
+      [join(ABI_DIR, `${name}.json`), iface.abi],
       [
         join(CONTRACTS, "devnet", "build", `${name}.json`),
         { abi: devnet.abi, bytecode: `0x${devnet.evm.bytecode.object}` },
@@ -97,8 +98,8 @@ function main() {
   }
   for (const name of OWNER_ABIS) {
     const iface = contractOutput(contracts, `interfaces/I${name}.sol`, `I${name}`);
-    if (writeJson(join(CONTRACTS, "abi", `${name}.json`), iface.abi)) {
-      written.push(join(CONTRACTS, "abi", `${name}.json`));
+    if (writeJson(join(ABI_DIR, `${name}.json`), iface.abi)) {
+      written.push(join(ABI_DIR, `${name}.json`));
     }
   }
   const summary = written.length ? `updated ${written.length} file(s)` : "no changes";

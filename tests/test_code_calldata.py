@@ -16,7 +16,7 @@ def calldata(code: bytes, metadata: bytes = b"") -> bytes:
 
 
 def test_selector_matches_the_user_code_abi() -> None:
-    abi = json.loads((Path(__file__).parents[1] / "contracts/abi/UserCode.json").read_text())
+    abi = json.loads((Path(__file__).parents[1] / "executor/abi/UserCode.json").read_text())
     (entry,) = [e for e in abi if e.get("name") == "saveCodeInCallData"]
     assert function_abi_to_4byte_selector(entry) == SAVE_CODE_SELECTOR
 

@@ -177,8 +177,8 @@ def declaration(entry: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_MEMBERS))
 def test_abis_hold_exactly_the_protocol_members(name: str) -> None:
-    """contracts/abi is what the executor talks to production with (docs/protocol.md §1)."""
-    interface = json.loads((REPO_ROOT / "contracts" / "abi" / f"{name}.json").read_text())
+    """executor/abi is what the executor talks to production with (docs/protocol.md §1)."""
+    interface = json.loads((REPO_ROOT / "executor" / "abi" / f"{name}.json").read_text())
     assert {declaration(entry) for entry in interface} == PROTOCOL_MEMBERS[name]
     # the devnet contract implements each member with the same names (the compiler checks types)
     devnet_abi, _ = load_artifact(name)

@@ -21,7 +21,7 @@ from executor.chain.follow.events import (
     decode_log,
 )
 
-ABI_DIR = Path(__file__).parents[1] / "contracts" / "abi"
+ABI_DIR = Path(__file__).parents[1] / "executor" / "abi"
 JOBS = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
 EXEC = "0x70997970C51812Dc3A010c7D01B50E20D17Dc79C"
 

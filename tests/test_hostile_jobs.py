@@ -226,9 +226,7 @@ async def test_workerd_dying_without_evidence_is_a_crash_not_an_answer(
             return worker
 
         monkeypatch.setattr(sandbox.warm, "take", spy)
-    job = asyncio.ensure_future(
-        sandbox.execute(FAKE_REPORT_THEN_HANG_JS, b"", deadline_ms=10_000)
-    )
+    job = asyncio.ensure_future(sandbox.execute(FAKE_REPORT_THEN_HANG_JS, b"", deadline_ms=10_000))
     runtime = _runtime(sandbox)
     if sandbox.warm is None:
         await eventually(lambda: workerd_pids_referencing(runtime))

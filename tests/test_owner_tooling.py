@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+import executor
 from executor.admin.client import AdminClient
 from executor.chain.enclave_key import EnclaveKey
 from executor.daemon import Daemon
@@ -29,7 +31,7 @@ from executor.owner.attestation import (
     parse_pcrs,
     self_sign,
 )
-from executor.owner.chain import load_abi
+from executor.owner.chain import ABI_DIR, load_abi
 from oyster_devnet.accounts import DEV_ACCOUNTS
 from oyster_devnet.anvil import AnvilNode
 from oyster_devnet.contracts import Devnet, load_artifact
@@ -320,3 +322,12 @@ async def test_the_attestation_goes_from_the_enclave_server_to_the_verifier() ->
             await fetch_and_verify(f"{base}/nothing", f"{base}/verify/raw")
     finally:
         await runner.cleanup()
+
+
+def test_the_owner_abis_ship_in_the_package() -> None:
+    # An operator who installed the wheel (no checkout) runs the same owner commands.
+    assert ABI_DIR.is_relative_to(Path(executor.__file__).parent)
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["package-data"]["executor.abi"] == ["*.json"]
+    for name in ("OysterTeeManager", "DevnetTeeManager", "StakingToken", "Jobs", "TeeManager"):
+        assert load_abi(name), name

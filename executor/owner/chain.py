@@ -1,4 +1,4 @@
-"""The owner's transactions: ABIs from ``contracts/abi``, one sender, reverts named.
+"""The owner's transactions: ABIs from ``executor/abi``, one sender, reverts named.
 
 ``OwnerChain`` signs each transaction locally with the owner's key, estimates its gas (a revert at
 estimation is reported with the contract's custom error and nothing is sent), sends it and waits for
@@ -32,7 +32,7 @@ from executor.errors import ChainError
 
 logger = logging.getLogger(__name__)
 
-ABI_DIR = Path(__file__).resolve().parents[2] / "contracts" / "abi"
+ABI_DIR = Path(__file__).resolve().parents[1] / "abi"
 RECEIPT_TIMEOUT_S = 120.0
 
 Abi = list[dict[str, Any]]
@@ -44,7 +44,7 @@ class OwnerTxError(ChainError):
 
 @cache
 def load_abi(name: str) -> Abi:
-    """``contracts/abi/<name>.json``."""
+    """``executor/abi/<name>.json``."""
     path = ABI_DIR / f"{name}.json"
     try:
         abi: Abi = json.loads(path.read_text())
