@@ -262,6 +262,9 @@ class ExecutorService:
     def status(self) -> NodeStatus:
         return self.follower.status
 
+    def chain_now(self) -> float:
+        return self.clock.now()
+
     def health(self) -> dict[str, Any]:
         """A small summary for the admin API's ``GET /`` (operator tools check the status only)."""
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -168,6 +169,20 @@ async def test_registration_message_is_signed_by_the_enclave(
     assert details["executor_gas_address"] == GAS_ADDRESS
     assert details["ws_rpc_url"].endswith("/***")  # a 5-character key is masked too
     assert "k-1_A" not in details["ws_rpc_url"]
+
+
+async def test_registration_message_is_timed_by_the_chain(
+    client: AdminClient, devnet: Devnet
+) -> None:
+    # A chain a day ahead of the host's clock: signed with the host's time, the message would be
+    # a day old to the contract already (its max age is far less).
+    await devnet.increase_time(86_400)
+    chain_time = await devnet.chain_time()
+    assert chain_time > time.time() + 80_000
+    await client.expect_ok("POST", "/immutable-config", {"owner_address_hex": OWNER})
+    await client.expect_ok("POST", "/mutable-config", mutable())
+    message = (await client.expect_ok("GET", "/signed-registration-message")).json()
+    assert chain_time <= message["sign_timestamp"] < chain_time + 60
 
 
 async def test_gas_key_rotation(client: AdminClient, files: NodeFiles) -> None:

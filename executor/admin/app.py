@@ -9,7 +9,6 @@ executor, so the existing operator tooling works unchanged.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -46,6 +45,9 @@ class AdminBackend(Protocol):
 
     async def start_following(self) -> None:
         """Listen for this node's registration from the current block (no-op if already)."""
+
+    def chain_now(self) -> float:
+        """Chain time (unix seconds): what the contracts judge a signature's age against."""
 
     def health(self) -> dict[str, Any]:
         """Node status and chain stream health (a small JSON object)."""
@@ -176,11 +178,13 @@ async def _registration_message(request: web.Request) -> web.Response:
     if problem is not None:
         logger.error("admin: registration message refused: %s", problem)
         raise AdminError(f"Registration refused: {problem}")
-    sign_timestamp = int(time.time())
+    # Following first: it reads the chain head, so the timestamp is the chain's (the contract
+    # refuses a signature older than its max age by block time; the host's clock may lag).
+    await backend.start_following()
+    sign_timestamp = int(backend.chain_now())
     signature = backend.key.sign_registration(
         backend.owner, backend.job_capacity, storage_capacity, EXECUTOR_ENV, sign_timestamp
     )
-    await backend.start_following()
     return web.json_response(
         {
             "job_capacity": backend.job_capacity,
