@@ -249,7 +249,7 @@ class JobRunner:
             reason = classify_revert(sent.revert_data)
             log = logger.info if reason.refusal is Refusal.SETTLED else logger.error
             if sent.tx_hash is None:
-                log("%s: refused by the contract (estimate; nothing sent): %s", label, reason)
+                log("%s: refused by the contract at the estimate (nothing sent): %s", label, reason)
             else:  # sent without an estimate (learned limit): the receipt tells
                 log(
                     "%s: refused by the contract on chain: tx %s reverted in block %s (gas used "

@@ -12,6 +12,7 @@ through the test relay (``tests/relay.py``), which counts them; outputs go throu
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -313,3 +314,21 @@ async def test_the_daemon_reads_owners_as_jobs_start_and_estimates_only_where_ne
     assert (await devnet.consumer_result(consumer, owned)).output == b"echo:c"
     receipts = await receipts_of(w3, GAS.address, start)
     assert len(receipts) == 3 and all(r["status"] == 1 for r in receipts), receipts
+
+
+async def test_an_owner_read_is_shared_and_one_still_under_way_is_ended_by_close(
+    anvil: AnvilNode, devnet: Devnet, enclave: EnclaveKey
+) -> None:
+    """The read ``JobRunner.run`` starts belongs to the manager: jobs of one owner share it,
+    and ``close`` ends one the node never answers (no task is left behind)."""
+    async with counted(anvil, devnet, enclave) as c:
+        c.relay.hang = {"eth_getCode"}
+        c.txm.note_owner(USER.address)
+        c.txm.note_owner(USER.address)
+        await wait_until(lambda: c.relay.calls["eth_getCode"] == 1, timeout=5, what="the read")
+        name = f"code of {USER.address}"
+        (reading,) = [t for t in asyncio.all_tasks() if t.get_name() == name]
+        await asyncio.wait_for(c.txm.close(), 5)
+        assert reading.cancelled()
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == name]
+    assert c.relay.calls["eth_getCode"] == 1

@@ -512,7 +512,7 @@ class TxManager:
         limit = LEARNED_MARGIN * learned.needs(len(data))
         if limit > gas_ceiling:
             return None
-        return max(gas_floor, limit)
+        return min(gas_ceiling, max(gas_floor, limit))
 
     def _learn(self, to: str, kind: TxKind, estimate: int, size: int) -> None:
         key = (to.lower(), kind)
