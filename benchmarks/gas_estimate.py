@@ -2,9 +2,11 @@
 
   .venv/bin/python -m benchmarks.gas_estimate [--runs N]
 
-Since every output is estimated on its exact signed calldata (the job owner's callback decides
-its cost), the path from a signed output to its broadcast is one ``eth_estimateGas`` round trip
-(the transaction's and the owner callback's estimates run concurrently) plus the send. This
+An output whose job owner holds code (and an account's, until the manager has learned what
+outputs to the contract cost) is estimated on its exact signed calldata (the job owner's callback
+decides its cost): its path from a signed output to its broadcast is one ``eth_estimateGas`` round
+trip (the transaction's and the owner callback's estimates run concurrently) plus the send; later
+outputs of accounts go with a learned limit, the send alone. This
 measures, interleaved per job on the devnet contracts of a local anvil through one HTTP client:
 the estimate as ``TxManager`` makes it (the transaction's alone for an owner known to be an
 account, both at once for a contract owner), and ``eth_sendRawTransaction``

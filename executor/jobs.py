@@ -6,11 +6,17 @@ submission (the timeout watch of some executor then settles the job). ``Slasher`
 a job that the timeout watch (``executor.node``) found incomplete when its window closed.
 
 Both send through the ``TxManager``. An output's window is the contract's, in chain time. Every
-output and slash is estimated on its exact calldata (the production contract calls the job owner's
-callback with all the gas left, so its cost is the owner's to decide): the limit is a margin over
-the estimate, at least the calldata bound of ``submit_output_gas_bound`` and at most the operator's
-``max_job_gas``; a job whose callback needs more is not answered, and logged once at ERROR. A slash
-already settled by another executor costs nothing and ends at once; only "not due yet" is retried.
+slash, and every output whose job owner holds code, is estimated on its exact calldata (the
+production contract calls the job owner's callback with all the gas left, so its cost is the
+owner's to decide): the limit is a margin over the estimate, at least the calldata bound of
+``submit_output_gas_bound`` and at most the operator's ``max_job_gas``; a job whose callback needs
+more is not answered, and logged once at ERROR. An output whose owner holds no code (an account:
+its callback runs nothing) goes without an estimate once the manager has learned what outputs to
+the contract cost (``TxManager`` docstring); ``run`` starts reading the owner's code as the job
+starts, alongside the code fetch and the execution, so that it is known by the output. A
+contract's refusal of an output then shows in its receipt rather than at a pre-check: it is logged
+the same way (with its tx). A slash already settled by another executor costs nothing and ends at
+once; only "not due yet" is retried.
 """
 
 from __future__ import annotations
@@ -115,6 +121,9 @@ class JobRunner:
         with job_label(job.job_id):
             clock = JobClock()
             label = f"job {job.job_id}"
+            # Known by the output, whether the owner holds code decides whether it needs an
+            # estimate; the read is the manager's (shared, ended by its close), not this job's.
+            self._txm.note_owner(job.job_owner)
             valid_until = self.output_window_end(job)
             try:
                 outcome = await self._outcome(job, clock)
@@ -239,7 +248,19 @@ class JobRunner:
         elif sent.status is TxStatus.REVERTED:
             reason = classify_revert(sent.revert_data)
             log = logger.info if reason.refusal is Refusal.SETTLED else logger.error
-            log("%s: refused by the contract in tx %s: %s", label, sent.tx_hash, reason)
+            if sent.tx_hash is None:
+                log("%s: refused by the contract at the estimate (nothing sent): %s", label, reason)
+            else:  # sent without an estimate (learned limit): the receipt tells
+                log(
+                    "%s: refused by the contract on chain: tx %s reverted in block %s (gas used "
+                    "%s of %s): %s",
+                    label,
+                    sent.tx_hash,
+                    sent.block_number,
+                    sent.gas_used,
+                    sent.gas_limit,
+                    reason,
+                )
         else:
             logger.error("%s: output not delivered (%s): %s", label, sent.status.value, sent.detail)
         return sent

@@ -14,6 +14,8 @@ Names and labels (docs/operator.md "Monitoring"):
 - ``oyster_executor_slices{state="free|busy|out_of_service"}``;
 - ``oyster_executor_sandbox_runs_total{path="warm|cold"}``: executions by sandbox path;
 - ``oyster_executor_transactions_total{kind="output|slash",result}``;
+- ``oyster_executor_output_gas_limits_total{source="estimate|learned|ceiling|given"}``: how each
+  output transaction's gas limit was chosen;
 - ``oyster_executor_ws_reconnects_total``, ``oyster_executor_last_block``;
 - ``oyster_executor_node_state{state}``: 1 for the node's current state, 0 for the others;
 - ``oyster_executor_part_up{part}``: 1 while a supervised part is up (``executor.supervisor``);
@@ -102,6 +104,15 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self._output_gas_limits = Counter(
+            f"{PREFIX}_output_gas_limits",
+            "Output transactions by how their gas limit was chosen: estimate (eth_estimateGas), "
+            "learned (the job owner holds no code), ceiling (the node could not estimate it)",
+            ["source"],
+            registry=r,
+        )
+        for source in ("estimate", "learned"):
+            self._output_gas_limits.labels(source=source)  # shown at 0 before the first output
         self._ws_reconnects = Counter(
             f"{PREFIX}_ws_reconnects", "Websocket (re)connections after a drop", registry=r
         )
@@ -134,6 +145,10 @@ class Metrics:
 
     def gas_estimate(self, duration_s: float) -> None:
         self._gas_estimate.observe(max(0.0, duration_s))
+
+    def output_gas_limit(self, source: str) -> None:
+        """One output transaction about to be sent, its limit chosen by ``source``."""
+        self._output_gas_limits.labels(source=source).inc()
 
     def ws_reconnect(self) -> None:
         self._ws_reconnects.inc()

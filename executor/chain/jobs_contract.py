@@ -2,7 +2,8 @@
 
 * ``submitOutput`` and ``slashOnExecutionTimeout`` calldata;
 * the ``SubmitOutput`` EIP-712 typed data (field order, type hash, digest) and its signature;
-* a safe gas bound for ``submitOutput`` (so the critical path needs no ``eth_estimateGas``);
+* a gas bound for ``submitOutput`` from its calldata alone: the floor under an output's gas limit
+  (the limit itself is estimated, or learned for owners without code: see ``TxManager``);
 * the contract's refusals: a revert's data is classified by its 4-byte selector (never by the
   message text) into what the caller should do about it.
 

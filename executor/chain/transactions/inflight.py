@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
@@ -45,10 +45,18 @@ nonce as mined a moment before it serves the receipt, and the loop may check sev
 that moment (each new transaction wakes it); a busy anvil does (``tests/soak.py`` shows it)."""
 
 
+GasSource = Literal["estimate", "learned", "ceiling", "given"]
+"""How a transaction's gas limit was chosen: a margin over ``eth_estimateGas``; learned from
+earlier outputs to the same contract (the job owner holds no code); the ceiling (the node could
+not estimate it); or given by the caller."""
+
+
 class TxStatus(enum.Enum):
     MINED = "mined"
     REVERTED = "reverted"
-    """Refused by the contract: at the pre-check (nothing sent) or on chain. See ``revert_data``."""
+    """Refused by the contract: at the pre-check (nothing sent, no ``tx_hash``) or on chain (its
+    ``tx_hash``; the revert data read back by calling it again on its block's state). See
+    ``revert_data``. Never sent again."""
     OUT_OF_GAS = "out-of-gas"
     """Reverted on chain for want of gas (its call succeeds with more): worth sending again."""
     OVER_CEILING = "over-ceiling"
@@ -73,6 +81,8 @@ class TxOutcome:
     gas_used: int | None = None
     gas_needed: int | None = None
     """OUT_OF_GAS / OVER_CEILING: what the call was estimated to need."""
+    gas_source: GasSource | None = None
+    """How the limit of the attempt that was mined was chosen."""
 
     @property
     def mined(self) -> bool:
@@ -108,6 +118,7 @@ class Tracked:
     """time.monotonic() of the first check that found no receipt for its mined nonce."""
     job_id: int | None = None
     """The job it serves: lines the background loop logs about it carry this job id."""
+    gas_source: GasSource = "given"
 
     @property
     def key(self) -> tuple[str, int]:
@@ -228,6 +239,7 @@ class InFlight:
                     block,
                     gas_limit=tracked.gas,
                     gas_used=gas_used,
+                    gas_source=tracked.gas_source,
                 )
             else:
                 needed, data = await self._replay(tracked, block)
@@ -242,14 +254,16 @@ class InFlight:
                     gas_limit=tracked.gas,
                     gas_used=gas_used,
                     gas_needed=needed,
+                    gas_source=tracked.gas_source,
                 )
             logger.info(
-                "%s %s in block %d (gas used %s of %d)",
+                "%s %s in block %d (gas used %s of %d, %s limit)",
                 where,
                 outcome.status.value,
                 block,
                 gas_used,
                 tracked.gas,
+                tracked.gas_source,
             )
             tracked.resolve(outcome)
             return

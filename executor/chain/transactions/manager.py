@@ -1,18 +1,34 @@
 """The transaction manager: the one owner of the executor's gas account.
 
 ``TxManager.submit`` signs and broadcasts a call at once and returns when its fate is known. The
-critical path of an output is: ``eth_estimateGas`` of its exact calldata -> nonce from local
-bookkeeping -> fees already known (``ChainHead``) -> sign -> ``eth_sendRawTransaction`` to every
-endpoint: two round trips. Nothing waits for an earlier transaction's receipt.
+critical path of an output is: its gas limit (learned, or ``eth_estimateGas`` of its exact
+calldata) -> nonce from local bookkeeping -> fees already known (``ChainHead``) -> sign ->
+``eth_sendRawTransaction`` to every endpoint: one round trip for most outputs, two for the rest.
+Nothing waits for an earlier transaction's receipt.
 
 Gas. The production Jobs contract calls the job owner's callback with all the gas that remains, so
-no bound computed from the calldata fits every job: every output and slash is estimated, and gets
-``GAS_MARGIN`` of the estimate, at least the caller's floor and at most its ceiling (the operator's
-``max_job_gas``). A call whose estimate is above the ceiling is not sent (``OVER_CEILING``); one
-whose estimate reverts is not sent either (``REVERTED``: a slash already settled costs nothing).
+no bound computed from the calldata fits every job: every slash, and every output whose owner
+holds code (or whose code is not known), is estimated, and gets ``GAS_MARGIN`` of the estimate, at
+least the caller's floor and at most its ceiling (the operator's ``max_job_gas``). A call whose
+estimate is above the ceiling is not sent (``OVER_CEILING``); one whose estimate reverts is not
+sent either (``REVERTED``: a slash already settled costs nothing).
+
+When the owner holds no code (an externally owned account, the common case) the callback runs
+nothing, and an output's gas depends only on the contract and the output's size. So each output
+estimated for such an owner teaches the manager, per Jobs contract, ``base = estimate -
+OUTPUT_GAS_PER_BYTE * len(calldata)`` (the largest seen) and the largest estimate; a later output
+whose owner is *known* to hold no code (``note_owner``, checked when its job starts; remembered for
+``CODE_KNOWN_S``) is then sent without an estimate, with ``LEARNED_MARGIN`` times ``max(base +
+OUTPUT_GAS_PER_BYTE * len(calldata), largest estimate)`` (a smaller output costs no more), within
+[floor, ceiling]. The limit is only a cap (unused gas is not paid), so it can be generous. Such an
+output that the contract refuses shows it in its receipt instead of at a pre-check (``REVERTED``,
+with the revert data read back by ``InFlight``, never sent again).
+
 A transaction that reverted on chain because it ran out of gas (in an inner call, its receipt
 shows gas used below the limit) is recognised by ``InFlight`` and sent again, on a new nonce, with
-more gas while its window is open, up to ``OUT_OF_GAS_RETRIES`` times.
+more gas while its window is open, up to ``OUT_OF_GAS_RETRIES`` times; re-sends are always
+estimated (and a learned limit that was too low is thereby raised: the estimate is learned from,
+once the owner is read again and still holds no code).
 
 One background loop (``start``/``close``) reads the head each poll and hands the in-flight
 transactions to ``InFlight`` (receipts, replacements, re-sends, withdrawals). Transient RPC errors
@@ -27,7 +43,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -37,7 +54,14 @@ from executor.chain.clock import ChainClock
 from executor.chain.transactions import reads as raw
 from executor.chain.transactions.broadcast import Broadcaster
 from executor.chain.transactions.head import ChainHead, Head
-from executor.chain.transactions.inflight import Attempt, InFlight, Tracked, TxOutcome, TxStatus
+from executor.chain.transactions.inflight import (
+    Attempt,
+    GasSource,
+    InFlight,
+    Tracked,
+    TxOutcome,
+    TxStatus,
+)
 from executor.chain.transactions.policy import (
     Fees,
     NonceBook,
@@ -52,7 +76,16 @@ from executor.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Head", "TxKind", "TxManager", "TxOutcome", "TxStatus", "account_from_key"]
+__all__ = [
+    "GasSource",
+    "Head",
+    "LearnedGas",
+    "TxKind",
+    "TxManager",
+    "TxOutcome",
+    "TxStatus",
+    "account_from_key",
+]
 
 TxKind = Literal["output", "slash"]
 Callback = tuple[str, bytes]
@@ -69,6 +102,13 @@ CODE_KNOWN_S = 300.0
 """How long whether a job owner holds code is remembered (an account may get code later: a
 contract deployed at a precomputed address, an EIP-7702 delegation)."""
 CODE_KNOWN_MAX = 4096
+OUTPUT_GAS_PER_BYTE = 64
+"""Gas a learned output limit allows per byte of calldata: generous (a calldata byte costs 16, and
+the contract copies, hashes and logs the output). Measured on the production contracts: ~270-330k
+for a small output, ~846k for a 20 KiB one (~28 per byte)."""
+LEARNED_MARGIN = 2
+"""An output sent with a learned limit gets this many times what was learned (the state varies:
+production's first output pays rewards, a node re-entering the selection tree costs ~335k more)."""
 OUT_OF_GAS_RETRIES = 3
 """A transaction that ran out of gas is sent again at most this many times."""
 FUNDS_REPORT_INTERVAL_S = 60.0
@@ -76,6 +116,34 @@ SEND_ATTEMPTS = 3
 PRECHECK_RETRY_S = 10.0
 LOOP_ERROR_BUDGET = 20
 """Consecutive failed ticks of the loop after which the supervisor reports it down."""
+
+
+@dataclass
+class LearnedGas:
+    """What outputs to one Jobs contract cost when their job owner holds no code."""
+
+    base: int
+    """The largest ``estimate - OUTPUT_GAS_PER_BYTE * len(calldata)`` seen (may be negative)."""
+    peak: int
+    """The largest estimate seen."""
+    samples: int = 1
+
+    def learn(self, estimate: int, size: int) -> None:
+        self.base = max(self.base, estimate - OUTPUT_GAS_PER_BYTE * size)
+        self.peak = max(self.peak, estimate)
+        self.samples += 1
+
+    def needs(self, size: int) -> int:
+        """What an output with ``size`` bytes of calldata is expected to need, at most: never
+        below the largest estimate, since a shorter output costs no more (the per-byte term of
+        a long sample alone would under-count a short one)."""
+        return max(self.peak, self.base + OUTPUT_GAS_PER_BYTE * size)
+
+
+class _Estimate(NamedTuple):
+    gas: int
+    measured: bool
+    """The node's own estimate (False: the ceiling, sent because the node could not tell)."""
 
 
 def _intrinsic_gas(data: bytes) -> int:
@@ -139,6 +207,8 @@ class TxManager:
         self._closing = False
         self._funds_reported: dict[str, float] = {}
         self._code_known: dict[str, tuple[bool, float]] = {}
+        self._code_lookups: dict[str, asyncio.Task[bool | None]] = {}
+        self._learned: dict[tuple[str, TxKind], LearnedGas] = {}
         self.loop_errors = 0
         """Consecutive failed ticks of the background loop (0 when healthy)."""
         self._loop_error = ""
@@ -199,6 +269,10 @@ class TxManager:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
+        lookups = list(self._code_lookups.values())
+        for lookup in lookups:
+            lookup.cancel()
+        await asyncio.gather(*lookups, return_exceptions=True)
         await self._broadcaster.close()
         self._inflight.abandon()
 
@@ -226,11 +300,16 @@ class TxManager:
         [``gas_floor``, ``gas_ceiling``]. ``callback`` (the job owner and the calldata the
         contract will call it with) is estimated at the same time, from the contract's address:
         the transaction's own estimate is the least gas with which it does not revert, and a
-        callback that fails does not make it revert, so alone it can starve the callback. A given
-        ``gas_limit`` skips the estimate (and the out-of-gas re-sends). Cancelling the caller
-        while the tx is pending withdraws it (same nonce, a no-op): then CancelledError
-        propagates as usual. Every outcome is counted in the
-        ``transactions_total`` metric (an out-of-gas revert as result ``out-of-gas``, each time).
+        callback that fails does not make it revert, so alone it can starve the callback.
+
+        An output (``kind="output"``) whose callback owner is known to hold no code, to a
+        contract for which such outputs were estimated before, is sent without an estimate, with
+        the learned limit (module docstring); a refusal of the contract then comes back from its
+        receipt (``REVERTED``, ``tx_hash`` set). A given ``gas_limit`` skips the estimate (and
+        the out-of-gas re-sends). Cancelling the caller while the tx is pending withdraws it
+        (same nonce, a no-op): then CancelledError propagates as usual. Every outcome is counted
+        in the ``transactions_total`` metric (an out-of-gas revert as result ``out-of-gas``, each
+        time), and how each output's limit was chosen in ``output_gas_limits_total``.
         """
         try:
             outcome = await self._submit_fitting(
@@ -254,10 +333,20 @@ class TxManager:
         gas_ceiling: int,
         callback: Callback | None,
     ) -> TxOutcome:
-        """``_submit``, sent again with more gas after each out-of-gas revert (window open)."""
+        """``_submit``, sent again with more gas after each out-of-gas revert (window open).
+        Only the first attempt may go with a learned limit: every re-send is estimated."""
         fixed = gas_limit is not None
         outcome = await self._submit(
-            to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling, callback
+            to,
+            data,
+            kind,
+            job_id,
+            valid_until,
+            gas_limit,
+            gas_floor,
+            gas_ceiling,
+            callback,
+            learned_ok=True,
         )
         tries = 0
         while outcome.status is TxStatus.OUT_OF_GAS:
@@ -280,10 +369,18 @@ class TxManager:
             tries += 1
             # At least half as much again as the limit that failed, whatever the new estimate.
             floor = max(gas_floor, last_limit * 3 // 2, (outcome.gas_needed or 0))
+            learned = outcome.gas_source == "learned"
+            if learned and callback is not None:
+                # The owner may have got code since it was read (a contract deployed at its
+                # address, an EIP-7702 delegation): the re-send reads it again, and its
+                # estimate is learned from only if the owner still holds none.
+                self._code_known.pop(callback[0], None)
             logger.warning(
-                "%s: tx %s ran out of gas (limit %d, needs %s): sending again with at least %d",
+                "%s: tx %s ran out of gas (%slimit %d, needs %s): sending again with an estimate "
+                "and at least %d",
                 label,
                 outcome.tx_hash,
+                "learned " if learned else "",
                 last_limit,
                 outcome.gas_needed or "?",
                 min(floor, gas_ceiling),
@@ -312,6 +409,8 @@ class TxManager:
         gas_floor: int = 0,
         gas_ceiling: int = DEFAULT_GAS_CEILING,
         callback: Callback | None = None,
+        *,
+        learned_ok: bool = False,
     ) -> TxOutcome:
         label = f"job {job_id} {kind}"
         account = self._account
@@ -330,6 +429,10 @@ class TxManager:
         if valid_until is not None and self.chain_now() > valid_until:
             logger.info("%s: not sent: its window closed at chain time %.0f", label, valid_until)
             return TxOutcome(TxStatus.EXPIRED, detail="window closed before sending")
+        source: GasSource = "given"
+        if gas_limit is None and learned_ok:
+            gas_limit = self._learned_limit(to, data, kind, callback, gas_floor, gas_ceiling)
+            source = "learned"
         if gas_limit is None:
             # Both estimates at once: one round trip on the critical path.
             estimate, callback_gas = await asyncio.gather(
@@ -340,16 +443,32 @@ class TxManager:
                 return estimate
             # The tx's estimate may have starved the callback; the floor (the call's own work
             # without it) plus what the callback needs does not. The larger of the two.
-            estimate = max(estimate, gas_floor + callback_gas) if callback_gas else estimate
-            if estimate > gas_ceiling:
+            needed = max(estimate.gas, gas_floor + callback_gas) if callback_gas else estimate.gas
+            if needed > gas_ceiling:
                 return TxOutcome(
                     TxStatus.OVER_CEILING,
-                    gas_needed=estimate,
-                    detail=f"needs {estimate} gas, above max_job_gas={gas_ceiling}",
+                    gas_needed=needed,
+                    detail=f"needs {needed} gas, above max_job_gas={gas_ceiling}",
                 )
-            with_margin = estimate * GAS_MARGIN_NUM // GAS_MARGIN_DEN
+            source = "estimate" if estimate.measured else "ceiling"
+            if estimate.measured and kind == "output" and callback is not None:
+                if self._code_fresh(callback[0]) is False:
+                    self._learn(to, kind, estimate.gas, len(data))
+            with_margin = needed * GAS_MARGIN_NUM // GAS_MARGIN_DEN
             gas_limit = min(gas_ceiling, max(gas_floor, with_margin))
-        tracked = Tracked(label, account, -1, to, data, gas_limit, valid_until, job_id=job_id)
+        if kind == "output":
+            self._metrics.output_gas_limit(source)
+        tracked = Tracked(
+            label,
+            account,
+            -1,
+            to,
+            data,
+            gas_limit,
+            valid_until,
+            job_id=job_id,
+            gas_source=source,
+        )
         send = asyncio.ensure_future(self._send_first(tracked))
         try:
             refused = await asyncio.shield(send)
@@ -372,6 +491,56 @@ class TxManager:
         if not self._closing:
             self._inflight.withdraw(tracked, "cancelled")
 
+    def _learned_limit(
+        self,
+        to: str,
+        data: bytes,
+        kind: TxKind,
+        callback: Callback | None,
+        gas_floor: int,
+        gas_ceiling: int,
+    ) -> int | None:
+        """The limit an output gets without an estimate, or None (it is estimated): its owner is
+        known to hold no code (no round trip here) and outputs to ``to`` for such owners were
+        estimated before. None too when the limit would pass the ceiling: the estimate then
+        decides whether the output is worth sending."""
+        if kind != "output" or callback is None or self._code_fresh(callback[0]) is not False:
+            return None
+        learned = self._learned.get((to.lower(), kind))
+        if learned is None:
+            return None
+        limit = LEARNED_MARGIN * learned.needs(len(data))
+        if limit > gas_ceiling:
+            return None
+        return min(gas_ceiling, max(gas_floor, limit))
+
+    def _learn(self, to: str, kind: TxKind, estimate: int, size: int) -> None:
+        key = (to.lower(), kind)
+        learned = self._learned.get(key)
+        if learned is None:
+            learned = LearnedGas(estimate - OUTPUT_GAS_PER_BYTE * size, estimate)
+            self._learned[key] = learned
+            logger.info(
+                "%ss to %s for job owners without code: learned %d gas + %d per calldata byte "
+                "(from an estimate of %d for %d bytes); such %ss are now sent without an estimate",
+                kind,
+                to,
+                learned.base,
+                OUTPUT_GAS_PER_BYTE,
+                estimate,
+                size,
+                kind,
+            )
+            return
+        before = learned.needs(size)
+        learned.learn(estimate, size)
+        if learned.needs(size) > before:
+            logger.debug("%ss to %s: learned base now %d", kind, to, learned.base)
+
+    def learned_gas(self, to: str, kind: TxKind = "output") -> LearnedGas | None:
+        """What outputs to ``to`` were learned to cost for owners without code (None: nothing)."""
+        return self._learned.get((to.lower(), kind))
+
     async def _precheck(
         self,
         account: LocalAccount,
@@ -380,7 +549,7 @@ class TxManager:
         label: str,
         valid_until: float | None,
         gas_ceiling: int,
-    ) -> int | TxOutcome:
+    ) -> _Estimate | TxOutcome:
         """The estimated gas of the call (no margin), or its refusal (nothing is sent then).
 
         The node searches up to its own cap (the block's gas limit), not ``gas_ceiling``: with a
@@ -396,11 +565,11 @@ class TxManager:
                 # Against the pending block: its timestamp is the chain time the tx will see.
                 gas = await self._w3.eth.estimate_gas(call, "pending")  # type: ignore[arg-type]
                 self._metrics.gas_estimate(time.perf_counter() - started)
-                return gas
+                return _Estimate(gas, True)
             except Exception as e:
                 failure = classify_rpc_error(e)
                 if _out_of_gas_error(e):
-                    return max(gas_ceiling + 1, await self._gas_cap())
+                    return _Estimate(max(gas_ceiling + 1, await self._gas_cap()), False)
                 if failure is RpcFailure.REVERT:
                     return TxOutcome(TxStatus.REVERTED, revert_data=revert_data(e), detail=str(e))
                 expired = valid_until is not None and self.chain_now() > valid_until
@@ -409,7 +578,7 @@ class TxManager:
                     return TxOutcome(TxStatus.FAILED, detail=f"pre-check failed: {e}")
                 if time.monotonic() > give_up:
                     logger.warning("%s: gas not estimated (%s): sent with the ceiling", label, e)
-                    return gas_ceiling
+                    return _Estimate(gas_ceiling, False)
                 logger.info("%s: pre-check failed (%s); retrying", label, e)
                 await asyncio.sleep(0.5)
 
@@ -430,23 +599,61 @@ class TxManager:
             return 0
         return max(0, gas - _intrinsic_gas(data)) * 64 // 63
 
+    def note_owner(self, owner: str) -> None:
+        """Start reading whether the job owner ``owner`` holds code, unless that is known (or
+        being read): called as its job starts, so that the answer is there when its output is
+        (an output of an owner known to hold no code can go without an estimate). The read is
+        this manager's task, shared by whoever asks meanwhile; ``close`` ends it."""
+        if not self._closing and self._code_fresh(owner) is None:
+            self._code_lookup(owner)
+
+    def _code_fresh(self, address: str) -> bool | None:
+        """Whether ``address`` holds code, if read within ``CODE_KNOWN_S`` (else None)."""
+        known = self._code_known.get(address)
+        if known is not None and time.monotonic() - known[1] < CODE_KNOWN_S:
+            return known[0]
+        return None
+
+    def _code_lookup(self, address: str) -> asyncio.Task[bool | None]:
+        lookup = self._code_lookups.get(address)
+        if lookup is None:
+            lookup = asyncio.create_task(self._read_code(address), name=f"code of {address}")
+            self._code_lookups[address] = lookup
+
+            def forget(task: asyncio.Task[bool | None]) -> None:
+                if self._code_lookups.get(address) is task:
+                    del self._code_lookups[address]
+
+            lookup.add_done_callback(forget)
+        return lookup
+
+    async def _read_code(self, address: str) -> bool | None:
+        """``eth_getCode``, remembered; None when the node cannot tell (nothing remembered)."""
+        started = time.monotonic()
+        try:
+            code = await raw.call(self._w3, "eth_getCode", [address, "latest"])
+        except Exception as e:
+            logger.debug("code of %s not read: %s", address, e)
+            return None
+        has_code = isinstance(code, str) and len(code) > 2
+        if address not in self._code_known and len(self._code_known) >= CODE_KNOWN_MAX:
+            self._code_known.pop(next(iter(self._code_known)))
+        self._code_known[address] = (has_code, started)
+        return has_code
+
     async def _has_code(self, address: str) -> bool:
         """Whether ``address`` holds code, remembered for ``CODE_KNOWN_S`` (most job owners send
         many jobs: their callback estimate is then skipped when they are accounts). True when the
-        node cannot tell (the callback is estimated then)."""
-        now = time.monotonic()
-        known = self._code_known.get(address)
-        if known is not None and now - known[1] < CODE_KNOWN_S:
-            return known[0]
-        try:
-            code = await raw.call(self._w3, "eth_getCode", [address, "latest"])
-        except Exception:
+        node cannot tell (the callback is estimated then). Joins a read already under way."""
+        known = self._code_fresh(address)
+        if known is not None:
+            return known
+        lookup = self._code_lookup(address)
+        await asyncio.wait((lookup,))  # a cancelled caller leaves the read to the others
+        if lookup.cancelled():
             return True
-        has_code = isinstance(code, str) and len(code) > 2
-        if len(self._code_known) >= CODE_KNOWN_MAX:
-            self._code_known.pop(next(iter(self._code_known)))
-        self._code_known[address] = (has_code, now)
-        return has_code
+        answer = lookup.result()
+        return True if answer is None else answer
 
     async def _gas_cap(self) -> int:
         """The latest block's gas limit (0 if unknown): what the node's estimate searched up to."""
