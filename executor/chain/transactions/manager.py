@@ -106,9 +106,11 @@ OUTPUT_GAS_PER_BYTE = 64
 """Gas a learned output limit allows per byte of calldata: generous (a calldata byte costs 16, and
 the contract copies, hashes and logs the output). Measured on the production contracts: ~270-330k
 for a small output, ~846k for a 20 KiB one (~28 per byte)."""
-LEARNED_MARGIN = 2
+LEARNED_MARGIN = 3
 """An output sent with a learned limit gets this many times what was learned (the state varies:
-production's first output pays rewards, a node re-entering the selection tree costs ~335k more)."""
+production's first output pays rewards, a node re-entering the selection tree costs ~335k more,
+which twice a small output's ~330k would barely cover). Unused gas is not paid: the margin costs
+an account-owned output nothing but the balance it must hold for the limit."""
 OUT_OF_GAS_RETRIES = 3
 """A transaction that ran out of gas is sent again at most this many times."""
 FUNDS_REPORT_INTERVAL_S = 60.0
