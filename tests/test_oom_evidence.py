@@ -27,6 +27,14 @@ TCMALLOC_STATS = "".join(
     "pages; spans:          0 ret /          0 req = 0.0000;          0 objs/span;\n"
     for n in range(200)
 )
+SEGFAULT = "*** Received signal #11: Segmentation fault\nstack: /bin/workerd@0x4cd1e07 \n"
+MPROTECT_FAILED = (
+    "10182 external/tcmalloc+/tcmalloc/internal/system_allocator.h:390] "
+    "mprotect(0x1394bf800000, 2097152) failed (Cannot allocate memory)\n"
+)
+CENTRAL_FAILED = (
+    "10182 external/tcmalloc+/tcmalloc/central_freelist.h:832] tcmalloc: allocation failed 40960\n"
+)
 PROCESS_OOM = "\n#\n# Fatal process out of memory: Failed to reserve virtual memory\n#\n"
 
 
@@ -74,6 +82,9 @@ async def _ended_out_of_memory(tmp_path: Path, parts: list[str], end: str) -> bo
             id="tcmalloc-report-split-between-reads",
         ),
         pytest.param([PROCESS_OOM], "kill -TRAP $$", id="v8-process-oom-then-sigtrap"),
+        pytest.param(
+            [MPROTECT_FAILED + CENTRAL_FAILED, SEGFAULT], "exit 1", id="tcmalloc-segfault"
+        ),
     ],
 )
 async def test_workerds_own_out_of_memory_ends_are_evidence(
@@ -92,6 +103,8 @@ async def test_workerds_own_out_of_memory_ends_are_evidence(
         pytest.param([PROCESS_OOM], "kill -KILL $$", id="process-oom-report-then-killed"),
         pytest.param([PROCESS_OOM], "exit 1", id="process-oom-report-without-its-sigtrap"),
         pytest.param([ABORTED], "exit 1", id="an-abort-without-any-report"),
+        pytest.param([SEGFAULT], "exit 1", id="a-segfault-without-any-report"),
+        pytest.param([CENTRAL_FAILED, SEGFAULT], "kill -KILL $$", id="tcmalloc-report-then-killed"),
         pytest.param([TCMALLOC_FAILED + "\n"], "exit 1", id="tcmalloc-report-without-an-abort"),
         pytest.param([V8_FATAL + ABORTED + "later words\n"], "exit 1", id="words-after-the-abort"),
         pytest.param([V8_FATAL + ABORTED], "exit 0", id="a-clean-exit"),

@@ -319,11 +319,18 @@ _V8_FATAL_OOM = re.compile(
     rb"(?:out of memory|Reached heap limit)[^\n]*\n"
     rb"\*\*\* Received signal #6: Aborted\nstack:[^\n]*\n*\Z"
 )
-_ABORTED = re.compile(rb"\*\*\* Received signal #6: Aborted\nstack:[^\n]*\n*\Z")
-"""The crash handler's last words after an abort; it then exits with status 1."""
-ALLOCATOR_FAILED = re.compile(rb"Unable to allocate \d+ \(new failed\)")
-"""tcmalloc's first words when ``operator new`` is refused memory (RLIMIT_DATA): its statistics
-page (longer than the tail kept) and an abort follow."""
+_CRASHED = re.compile(
+    rb"\*\*\* Received signal #(?:6: Aborted|11: Segmentation fault)\nstack:[^\n]*\n*\Z"
+)
+"""The crash handler's last words after an abort or a segfault; it then exits with status 1."""
+ALLOCATOR_FAILED = re.compile(
+    rb"Unable to allocate \d+ \(new failed\)"
+    rb"|tcmalloc: allocation failed \d+"
+    rb"|\] mprotect\([^)\n]*\) failed \(Cannot allocate memory\)"
+)
+"""tcmalloc's words when the kernel refuses it memory (RLIMIT_DATA): then ``operator new`` aborts
+(after a statistics page longer than the tail kept), or a caller of a failed allocation
+segfaults."""
 _V8_PROCESS_OOM = re.compile(rb"\n# Fatal process out of memory: [^\n]*\n#\n*\Z")
 """V8's own report when the process cannot get memory at all (RLIMIT_DATA); SIGTRAP follows."""
 _WATCH_OVERLAP = 64
@@ -534,14 +541,14 @@ class WorkerdProcess:
             _warn_once("cap_memory", "cannot cap workerd's memory (RLIMIT_DATA): %s", e)
 
     def ended_out_of_memory(self) -> bool:
-        """Whether the process ended by itself with V8's out-of-memory report as its last words.
+        """Whether the process ended by itself the way workerd ends when its memory runs out.
 
-        The report is one of three, each with the exit it ends in: workerd's fatal-error line
-        then its crash handler's abort (which exits with a status); tcmalloc's refused allocation
-        then (after its statistics) the same abort; V8's "Fatal process out of memory" then death
-        by SIGTRAP. User code can print anything through ``console.error``, but it cannot make
-        workerd exit that way: a process killed from outside (another signal) after printing a
-        report did not run out of memory.
+        Its last words are one of three reports, each with the exit it ends in: workerd's V8
+        fatal-error line then its crash handler's abort (which exits with a status); tcmalloc's
+        refused memory then (after its statistics) the same abort, or the crash handler's
+        segfault; V8's "Fatal process out of memory" then death by SIGTRAP. User code can print
+        anything through ``console.error``, but it cannot make workerd exit that way: a process
+        killed from outside (another signal) after printing a report did not run out of memory.
         """
         if self._killed or self.returncode is None or self.returncode == 0:
             return False
@@ -552,7 +559,7 @@ class WorkerdProcess:
             return False
         if _V8_FATAL_OOM.search(tail) is not None:
             return True
-        return self.stderr.watched and _ABORTED.search(tail) is not None
+        return self.stderr.watched and _CRASHED.search(tail) is not None
 
     @property
     def pid(self) -> int:
