@@ -290,6 +290,48 @@ async def test_without_complete_logs_the_outcome_comes_before_the_clean_up(
     assert files_in(tmp_path) == []
 
 
+async def test_the_kill_comes_after_the_answer_and_close_does_not_wait_for_it(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the daemon runs it: the used process is killed RETIRE_AFTER_S after the answer (its
+    # teardown would compete with the output's sending), never left behind by a close.
+    sandbox = Sandbox(
+        workerd_bin=workerd_bin_or_skip(),
+        runtime_path=tmp_path,
+        secret_store_path=tmp_path,
+        pool=SlicePool.discover(parent),
+        warm_workers=None,
+        complete_logs=False,
+    )
+    sandbox.start()
+    try:
+        warm = _warm(sandbox)
+        await eventually(lambda: warm.ready_count == 2)
+        taken = _spy_on_take(warm, monkeypatch)
+        events: list[str] = []
+        real_kill = warm.kill
+
+        def kill(worker: WarmWorker) -> None:
+            events.append(f"kill {worker.proc.pid}")
+            real_kill(worker)
+
+        monkeypatch.setattr(warm, "kill", kill)
+        first = await sandbox.execute(ECHO_JS, b"1", deadline_ms=5000)
+        events.append("answered")
+        assert first.output == b"echo:1"
+        await eventually(lambda: not pid_alive(taken[0]), within_s=2)
+        assert events[:2] == ["answered", f"kill {taken[0]}"]
+        await eventually(lambda: warm.ready_count == 2)
+        second = await sandbox.execute(ECHO_JS, b"2", deadline_ms=5000)
+        assert second.output == b"echo:2"
+        assert f"kill {taken[1]}" not in events  # not yet: close must not leave it behind
+    finally:
+        await sandbox.close()
+    assert f"kill {taken[1]}" in events and not pid_alive(taken[1])
+    assert sandbox.pool is not None and sandbox.pool.free_count == 2
+    assert workerd_pids_referencing(tmp_path) == [] and files_in(tmp_path) == []
+
+
 async def test_zero_warm_workers_is_the_cold_path(parent: Path, tmp_path: Path) -> None:
     sandbox = _sandbox(parent, tmp_path, 0, workerd_bin_or_skip())
     sandbox.start()

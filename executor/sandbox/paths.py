@@ -115,12 +115,15 @@ class WarmPath:
         return _warm_outcome(job.label, verdict, body)
 
     async def finish(self) -> None:
-        """Kill the job's process (at once: it can run nothing more), then re-arm its slice in
-        the background; with ``complete_logs``, first read its output to the end."""
+        """Have the job's process killed and its slice re-armed in the background, a few ms
+        later (``warm.RETIRE_AFTER_S``: its teardown would compete with the output's sending);
+        with ``complete_logs``, kill it at once and read its output to the end first."""
+        if not self._complete_logs:
+            self._warm.retire_soon(self._worker)
+            return
         self._warm.kill(self._worker)
         try:
-            if self._complete_logs:
-                await self._worker.proc.close()
+            await self._worker.proc.close()
         finally:
             self._warm.retire_later(self._worker)
 

@@ -89,6 +89,12 @@ BUSY_JOBS = os.cpu_count() or 1
 """While this many jobs run, nothing is armed (see the module docstring)."""
 ARM_QUIET_S = 0.02
 """Nothing is armed until this long after a job last started or finished."""
+RETIRE_AFTER_S = 0.005
+"""A used worker is killed this long after its job's answer was read, not at once: a killed
+workerd's teardown (the kernel unmapping its memory) takes 2-3 ms of CPU that, on a small host,
+competed with the output's signing and sending (BENCHMARKS.md: it held the end-to-end p50 at about
+0.5 of bare workerd, 0.36-0.39 without it). The answer is taken and the slice stays the job's
+until it is retired, so what the process does meanwhile changes nothing."""
 PRELOAD_TTL_S = 30.0
 """A pre-loaded process no job has taken for this long is re-armed plain (its top level may
 keep a core busy at the lowest priority: it is the code's, not a job's)."""
@@ -174,6 +180,8 @@ class WarmPool:
         self._last_key: bytes | None = None  # the key of the last job remembered
         self._tasks = TaskSet("warm")
         self._keeper: asyncio.Task[None] | None = None
+        self._retiring: dict[WarmWorker, asyncio.TimerHandle] = {}
+        """Used workers waiting out :data:`RETIRE_AFTER_S` (see :meth:`retire_soon`)."""
 
     @property
     def active(self) -> bool:
@@ -216,6 +224,10 @@ class WarmPool:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
         await self._tasks.wait(None)  # armings in progress end by themselves (ARM_TIMEOUT_S)
+        while self._retiring:
+            worker, handle = self._retiring.popitem()
+            handle.cancel()
+            await self.retire(worker)
         while self._ready:
             await self.retire(self._ready.popleft())
         self._notify()
@@ -364,6 +376,16 @@ class WarmPool:
     def retire_later(self, worker: WarmWorker) -> None:
         """:meth:`retire` in the background (the caller already has what it needs)."""
         self._background(self.retire(worker), f"retire {worker.slice.name}")
+
+    def retire_soon(self, worker: WarmWorker) -> None:
+        """:meth:`retire_later` once :data:`RETIRE_AFTER_S` has passed; :meth:`close` retires
+        a worker still waiting at once."""
+
+        def due() -> None:
+            if self._retiring.pop(worker, None) is not None:
+                self.retire_later(worker)
+
+        self._retiring[worker] = asyncio.get_running_loop().call_later(RETIRE_AFTER_S, due)
 
     # --- the keeper ------------------------------------------------------------------------
 
