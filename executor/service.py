@@ -262,7 +262,12 @@ class ExecutorService:
     def status(self) -> NodeStatus:
         return self.follower.status
 
-    def chain_now(self) -> float:
+    async def chain_now(self) -> float:
+        try:
+            block = await self._w3.eth.get_block("latest")
+        except (Web3Exception, OSError, TimeoutError) as e:
+            raise ChainError(f"cannot read the chain's time: {e}") from e
+        self.clock.observe(int(block["timestamp"]))
         return self.clock.now()
 
     def health(self) -> dict[str, Any]:

@@ -370,7 +370,9 @@ async def test_workerd_runs_inside_its_slice_and_cancel_cleans_up(env: Env) -> N
     slice_path = next(s.path for s in env.pool.slices if s.index == index)
     cgroup = proc_file(pid, "cgroup").decode()
     assert f"0::/{slice_path.relative_to(mount)}\n" in cgroup
-    assert b"workerd" in proc_file(pid, "cmdline")
+    # Cold, the process enters its slice before it execs workerd (its cmdline reads empty
+    # while the exec replaces it): the slice holds it from its first instruction.
+    await eventually(lambda: b"workerd" in proc_file(pid, "cmdline"), within_s=5)
     assert pid in workerd_pids_referencing(env.runtime)
 
     await asyncio.sleep(0.2)  # let it start listening and hang on the request

@@ -46,8 +46,9 @@ class AdminBackend(Protocol):
     async def start_following(self) -> None:
         """Listen for this node's registration from the current block (no-op if already)."""
 
-    def chain_now(self) -> float:
-        """Chain time (unix seconds): what the contracts judge a signature's age against."""
+    async def chain_now(self) -> float:
+        """Chain time (unix seconds), from a fresh read of the head: what the contracts judge a
+        signature's age against."""
 
     def health(self) -> dict[str, Any]:
         """Node status and chain stream health (a small JSON object)."""
@@ -178,10 +179,10 @@ async def _registration_message(request: web.Request) -> web.Response:
     if problem is not None:
         logger.error("admin: registration message refused: %s", problem)
         raise AdminError(f"Registration refused: {problem}")
-    # Following first: it reads the chain head, so the timestamp is the chain's (the contract
-    # refuses a signature older than its max age by block time; the host's clock may lag).
+    # The chain's time, not the host's: the contract refuses a signature older than its max age
+    # by block time, and the host's clock may lag the chain.
     await backend.start_following()
-    sign_timestamp = int(backend.chain_now())
+    sign_timestamp = int(await backend.chain_now())
     signature = backend.key.sign_registration(
         backend.owner, backend.job_capacity, storage_capacity, EXECUTOR_ENV, sign_timestamp
     )
