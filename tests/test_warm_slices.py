@@ -265,18 +265,24 @@ async def test_warm_workers_setting_limits_the_armed_slices(
     assert sandbox.pool is not None and sandbox.pool.free_count == 2
 
 
-async def test_without_complete_logs_the_outcome_comes_before_the_clean_up(
-    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _as_the_daemon_runs_it(parent: Path, tmp_path: Path) -> Sandbox:
+    """A started sandbox of warm slices without ``complete_logs``, as the daemon runs it."""
     sandbox = Sandbox(
         workerd_bin=workerd_bin_or_skip(),
         runtime_path=tmp_path,
         secret_store_path=tmp_path,
         pool=SlicePool.discover(parent),
         warm_workers=None,
-        complete_logs=False,  # as the daemon runs it
+        complete_logs=False,
     )
     sandbox.start()
+    return sandbox
+
+
+async def test_without_complete_logs_the_outcome_comes_before_the_clean_up(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = _as_the_daemon_runs_it(parent, tmp_path)
     try:
         await eventually(lambda: _warm(sandbox).ready_count == 2)
         taken = _spy_on_take(_warm(sandbox), monkeypatch)
@@ -295,15 +301,7 @@ async def test_the_kill_comes_after_the_answer_and_close_does_not_wait_for_it(
 ) -> None:
     # As the daemon runs it: the used process is killed RETIRE_AFTER_S after the answer (its
     # teardown would compete with the output's sending), never left behind by a close.
-    sandbox = Sandbox(
-        workerd_bin=workerd_bin_or_skip(),
-        runtime_path=tmp_path,
-        secret_store_path=tmp_path,
-        pool=SlicePool.discover(parent),
-        warm_workers=None,
-        complete_logs=False,
-    )
-    sandbox.start()
+    sandbox = _as_the_daemon_runs_it(parent, tmp_path)
     try:
         warm = _warm(sandbox)
         await eventually(lambda: warm.ready_count == 2)
