@@ -257,44 +257,30 @@ async def check_workerd_config(ctx: Context) -> Check:
 
 async def check_runtime_folders(ctx: Context) -> list[Check]:
     """Both folders, each reported (one run shows every problem)."""
+    config = ctx.config
+    return [
+        _folder_check("workerd_runtime_path", config.workerd_runtime_path, os.W_OK, "writable"),
+        _folder_check(
+            "secret_store_path", config.secret_store_path, os.R_OK, "readable", "present"
+        ),
+    ]
+
+
+def _folder_check(key: str, path: Path, access: int, able: str, good: str = "") -> Check:
+    """Config key ``key`` names a folder this user may enter and use with ``access`` (``able``
+    says it in words; ``good``, default ``able``, words the check that passed)."""
     name = "folders"
-    runtime, store = ctx.config.workerd_runtime_path, ctx.config.secret_store_path
-    checks = []
-    if not runtime.exists():
-        checks.append(
-            fail(name, f"workerd_runtime_path {runtime} does not exist", f"mkdir -p {runtime}")
+    if not path.exists():
+        return fail(name, f"{key} {path} does not exist", f"mkdir -p {path}")
+    if not path.is_dir():
+        return fail(name, f"{key} {path} is not a folder", "point it at a folder")
+    if not os.access(path, access | os.X_OK):
+        return fail(
+            name,
+            f"{key} {path} is not {able} by this user",
+            "run as the folder's owner or chown it to the daemon's user",
         )
-    elif not runtime.is_dir():
-        checks.append(
-            fail(name, f"workerd_runtime_path {runtime} is not a folder", "point it at a folder")
-        )
-    elif not os.access(runtime, os.W_OK | os.X_OK):
-        checks.append(
-            fail(
-                name,
-                f"workerd_runtime_path {runtime} is not writable by this user",
-                "run as the folder's owner or chown it to the daemon's user",
-            )
-        )
-    else:
-        checks.append(ok(name, f"workerd_runtime_path {runtime} writable"))
-    if not store.exists():
-        checks.append(fail(name, f"secret_store_path {store} does not exist", f"mkdir -p {store}"))
-    elif not store.is_dir():
-        checks.append(
-            fail(name, f"secret_store_path {store} is not a folder", "point it at a folder")
-        )
-    elif not os.access(store, os.R_OK | os.X_OK):
-        checks.append(
-            fail(
-                name,
-                f"secret_store_path {store} is not readable by this user",
-                "run as the folder's owner or chown it to the daemon's user",
-            )
-        )
-    else:
-        checks.append(ok(name, f"secret_store_path {store} present"))
-    return checks
+    return ok(name, f"{key} {path} {good or able}")
 
 
 # --- cgroups, the sandbox and vsock -------------------------------------------------------------

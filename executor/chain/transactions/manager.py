@@ -142,6 +142,23 @@ class LearnedGas:
         return max(self.peak, self.base + OUTPUT_GAS_PER_BYTE * size)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One submission: what is sent, for which job, until when, within which ceiling."""
+
+    to: str
+    data: bytes
+    kind: TxKind
+    job_id: int
+    valid_until: float | None
+    gas_ceiling: int
+    callback: Callback | None
+
+    @property
+    def label(self) -> str:
+        return f"job {self.job_id} {self.kind}"
+
+
 class _Estimate(NamedTuple):
     gas: int
     measured: bool
@@ -314,9 +331,8 @@ class TxManager:
         time), and how each output's limit was chosen in ``output_gas_limits_total``.
         """
         try:
-            outcome = await self._submit_fitting(
-                to, data, kind, job_id, valid_until, gas_limit, gas_floor, gas_ceiling, callback
-            )
+            call = _Call(to, data, kind, job_id, valid_until, gas_ceiling, callback)
+            outcome = await self._submit_fitting(call, gas_limit, gas_floor)
         except asyncio.CancelledError:
             self._metrics.transaction(kind, "withdrawn")
             raise
@@ -324,36 +340,17 @@ class TxManager:
         return outcome
 
     async def _submit_fitting(
-        self,
-        to: str,
-        data: bytes,
-        kind: TxKind,
-        job_id: int,
-        valid_until: float | None,
-        gas_limit: int | None,
-        gas_floor: int,
-        gas_ceiling: int,
-        callback: Callback | None,
+        self, call: _Call, gas_limit: int | None, gas_floor: int
     ) -> TxOutcome:
         """``_submit``, sent again with more gas after each out-of-gas revert (window open).
         Only the first attempt may go with a learned limit: every re-send is estimated."""
         fixed = gas_limit is not None
-        outcome = await self._submit(
-            to,
-            data,
-            kind,
-            job_id,
-            valid_until,
-            gas_limit,
-            gas_floor,
-            gas_ceiling,
-            callback,
-            learned_ok=True,
-        )
+        gas_ceiling, callback = call.gas_ceiling, call.callback
+        outcome = await self._submit(call, gas_limit, gas_floor, learned_ok=True)
         tries = 0
         while outcome.status is TxStatus.OUT_OF_GAS:
-            self._metrics.transaction(kind, outcome.status.value)
-            label = f"job {job_id} {kind}"
+            self._metrics.transaction(call.kind, outcome.status.value)
+            label = call.label
             last_limit = outcome.gas_limit or 0
             if fixed or tries >= OUT_OF_GAS_RETRIES or last_limit >= gas_ceiling:
                 logger.error(
@@ -366,7 +363,7 @@ class TxManager:
                     gas_ceiling,
                 )
                 return outcome
-            if valid_until is not None and self.chain_now() > valid_until:
+            if call.valid_until is not None and self.chain_now() > call.valid_until:
                 return outcome
             tries += 1
             # At least half as much again as the limit that failed, whatever the new estimate.
@@ -387,34 +384,14 @@ class TxManager:
                 outcome.gas_needed or "?",
                 min(floor, gas_ceiling),
             )
-            outcome = await self._submit(
-                to,
-                data,
-                kind,
-                job_id,
-                valid_until,
-                None,
-                min(floor, gas_ceiling),
-                gas_ceiling,
-                callback,
-            )
+            outcome = await self._submit(call, None, min(floor, gas_ceiling))
         return outcome
 
     async def _submit(
-        self,
-        to: str,
-        data: bytes,
-        kind: TxKind,
-        job_id: int,
-        valid_until: float | None,
-        gas_limit: int | None,
-        gas_floor: int = 0,
-        gas_ceiling: int = DEFAULT_GAS_CEILING,
-        callback: Callback | None = None,
-        *,
-        learned_ok: bool = False,
+        self, call: _Call, gas_limit: int | None, gas_floor: int, *, learned_ok: bool = False
     ) -> TxOutcome:
-        label = f"job {job_id} {kind}"
+        to, data, kind, valid_until = call.to, call.data, call.kind, call.valid_until
+        gas_ceiling, callback, label = call.gas_ceiling, call.callback, call.label
         account = self._account
         if self._closing:
             logger.warning("%s: not sent: shutting down", label)
@@ -433,7 +410,7 @@ class TxManager:
             return TxOutcome(TxStatus.EXPIRED, detail="window closed before sending")
         source: GasSource = "given"
         if gas_limit is None and learned_ok:
-            gas_limit = self._learned_limit(to, data, kind, callback, gas_floor, gas_ceiling)
+            gas_limit = self._learned_limit(call, gas_floor)
             source = "learned"
         if gas_limit is None:
             # Both estimates at once: one round trip on the critical path.
@@ -468,7 +445,7 @@ class TxManager:
             data,
             gas_limit,
             valid_until,
-            job_id=job_id,
+            job_id=call.job_id,
             gas_source=source,
         )
         send = asyncio.ensure_future(self._send_first(tracked))
@@ -493,28 +470,21 @@ class TxManager:
         if not self._closing:
             self._inflight.withdraw(tracked, "cancelled")
 
-    def _learned_limit(
-        self,
-        to: str,
-        data: bytes,
-        kind: TxKind,
-        callback: Callback | None,
-        gas_floor: int,
-        gas_ceiling: int,
-    ) -> int | None:
+    def _learned_limit(self, call: _Call, gas_floor: int) -> int | None:
         """The limit an output gets without an estimate, or None (it is estimated): its owner is
         known to hold no code (no round trip here) and outputs to ``to`` for such owners were
         estimated before. None too when the limit would pass the ceiling: the estimate then
         decides whether the output is worth sending."""
-        if kind != "output" or callback is None or self._code_fresh(callback[0]) is not False:
+        callback = call.callback
+        if call.kind != "output" or callback is None or self._code_fresh(callback[0]) is not False:
             return None
-        learned = self._learned.get((to.lower(), kind))
+        learned = self._learned.get((call.to.lower(), call.kind))
         if learned is None:
             return None
-        limit = LEARNED_MARGIN * learned.needs(len(data))
-        if limit > gas_ceiling:
+        limit = LEARNED_MARGIN * learned.needs(len(call.data))
+        if limit > call.gas_ceiling:
             return None
-        return min(gas_ceiling, max(gas_floor, limit))
+        return min(call.gas_ceiling, max(gas_floor, limit))
 
     def _learn(self, to: str, kind: TxKind, estimate: int, size: int) -> None:
         key = (to.lower(), kind)
